@@ -1,0 +1,125 @@
+//! Is the verified token bound to the caller that presents it? Runs on every request,
+//! cache hit or not: the peer is exactly what changes when a token is stolen.
+
+use crate::config::Config;
+use crate::jwt::{SpiffeClaim, TokenFacts};
+use crate::peer::Peer;
+use crate::reason::{Denial, Reason};
+use subtle::ConstantTimeEq;
+
+/// Which bindings a token passed. Several can apply to one token; all must pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bindings {
+    pub x5t_s256: bool,
+    pub spiffe: bool,
+}
+
+impl Bindings {
+    pub fn any(self) -> bool {
+        self.x5t_s256 || self.spiffe
+    }
+
+    /// A short label for logs and metadata: `x5t#S256`, `spiffe`, `x5t#S256+spiffe`, `none`.
+    pub fn kind(self) -> &'static str {
+        match (self.x5t_s256, self.spiffe) {
+            (true, true) => "x5t#S256+spiffe",
+            (true, false) => "x5t#S256",
+            (false, true) => "spiffe",
+            (false, false) => "none",
+        }
+    }
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Runs the binding checks in order: certificate thumbprint (RFC 8705), SPIFFE ID, DPoP,
+/// unknown confirmation methods, then `require_binding`. The first failure is the reason.
+pub fn check(facts: &TokenFacts, config: &Config, peer: &Peer) -> Result<Bindings, Denial> {
+    let mut passed = Bindings::default();
+
+    if let Some(x5t) = &facts.cnf.x5t_s256 {
+        let Some(peer_digest) = peer.cert_sha256.filter(|_| peer.has_certificate()) else {
+            return Err(Denial::new(
+                Reason::NoPeerCertificate,
+                "cnf.x5t#S256 needs a client certificate",
+            ));
+        };
+        let Ok(bound) = x5t else {
+            return Err(Denial::new(
+                Reason::ThumbprintMismatch,
+                "cnf.x5t#S256 is not a base64url SHA-256 digest",
+            ));
+        };
+        if !ct_eq(bound, &peer_digest) {
+            return Err(Denial::new(
+                Reason::ThumbprintMismatch,
+                "cnf.x5t#S256 differs from the peer certificate",
+            ));
+        }
+        passed.x5t_s256 = true;
+    }
+
+    if let Some(spiffe) = &config.spiffe {
+        let id = match &facts.spiffe {
+            SpiffeClaim::Valid(id) => id,
+            SpiffeClaim::Missing | SpiffeClaim::Off => {
+                return Err(Denial::new(
+                    Reason::InvalidSpiffeId,
+                    "the SPIFFE claim is missing or not a string",
+                ))
+            }
+            SpiffeClaim::Invalid(e) => {
+                return Err(Denial::new(Reason::InvalidSpiffeId, e.message()))
+            }
+        };
+        if let Some(allowed) = &spiffe.trust_domains {
+            if !allowed.iter().any(|td| td == id.trust_domain()) {
+                return Err(Denial::new(
+                    Reason::TrustDomainNotAllowed,
+                    "token SPIFFE ID trust domain is not in spiffe.trust_domains",
+                ));
+            }
+        }
+        if !peer.has_certificate() {
+            return Err(Denial::new(
+                Reason::NoPeerCertificate,
+                "SPIFFE binding needs a client certificate",
+            ));
+        }
+        let Some(peer_id) = peer.uri_san.as_deref() else {
+            return Err(Denial::new(
+                Reason::SpiffeMismatch,
+                "peer certificate has no URI SAN",
+            ));
+        };
+        if !ct_eq(id.as_str().as_bytes(), peer_id.as_bytes()) {
+            return Err(Denial::new(
+                Reason::SpiffeMismatch,
+                "token SPIFFE ID differs from the peer certificate URI SAN",
+            ));
+        }
+        passed.spiffe = true;
+    }
+
+    if facts.cnf.jkt.is_some() {
+        return Err(Denial::new(
+            Reason::DpopRequired,
+            "cnf.jkt token needs DPoP proof verification",
+        ));
+    }
+    if facts.cnf.unsupported.is_some() {
+        return Err(Denial::new(
+            Reason::UnsupportedBinding,
+            "cnf has a confirmation method this filter does not support",
+        ));
+    }
+    if config.require_binding && !passed.any() {
+        return Err(Denial::new(
+            Reason::UnboundToken,
+            "no binding applies and require_binding is true",
+        ));
+    }
+    Ok(passed)
+}

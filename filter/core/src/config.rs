@@ -1,0 +1,435 @@
+//! Plugin configuration: parsed and validated once (in `on_configure`), then shared
+//! read-only by every request. Every error names the offending field by its JSON path.
+
+use crate::jwk::{Alg, AlgError, KeySet};
+use crate::spiffe::validate_trust_domain;
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt;
+
+/// What the filter does with a denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny with 401.
+    #[default]
+    Enforce,
+    /// Let the request through; count and log the would-deny.
+    Monitor,
+}
+
+impl Mode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+/// A configuration error, naming the field by JSON path (`providers[0].jwks.keys[1].x`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(f, "invalid configuration: {}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn config_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+pub const DEFAULT_REALM: &str = "tokenbind";
+const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
+const MAX_CACHE_ENTRIES: usize = 1_000_000;
+const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
+/// The default algorithm allow-list: every asymmetric JWS algorithm we implement.
+pub const DEFAULT_ALGORITHMS: [Alg; 9] = Alg::ALL;
+
+// ---- The raw, serde-facing shape. Unknown fields are errors everywhere. ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    spiffe: Option<RawSpiffe>,
+    #[serde(default = "default_true")]
+    require_binding: bool,
+    #[serde(default)]
+    exempt_paths: Vec<String>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
+    #[serde(default = "default_realm")]
+    realm: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    jwks_file: Option<String>,
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default = "default_skew")]
+    clock_skew_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpiffe {
+    #[serde(default = "default_claim")]
+    claim: String,
+    #[serde(default)]
+    trust_domains: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "default_cache_entries")]
+    max_entries: usize,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_entries: DEFAULT_CACHE_ENTRIES,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+fn default_realm() -> String {
+    DEFAULT_REALM.to_owned()
+}
+fn default_skew() -> u64 {
+    DEFAULT_CLOCK_SKEW_SECONDS
+}
+fn default_claim() -> String {
+    "sub".to_owned()
+}
+fn default_cache_entries() -> usize {
+    DEFAULT_CACHE_ENTRIES
+}
+
+// ---- The compiled, ready-to-use shape. ----
+
+/// One token issuer and how its tokens are verified.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySet,
+    pub algorithms: Vec<Alg>,
+    pub clock_skew_seconds: u64,
+}
+
+/// SPIFFE binding: which claim holds the workload's SPIFFE ID, and which trust domains
+/// may appear there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeBinding {
+    /// The claim path, split on dots (`["sub"]`, `["act", "sub"]`).
+    pub claim: Vec<String>,
+    /// `None` allows every trust domain.
+    pub trust_domains: Option<Vec<String>>,
+}
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub providers: Vec<Provider>,
+    pub spiffe: Option<SpiffeBinding>,
+    pub require_binding: bool,
+    pub exempt_paths: Vec<String>,
+    pub cache_max_entries: usize,
+    pub max_token_bytes: usize,
+    pub realm: String,
+}
+
+/// Reads a file named by the configuration (`jwks_file`). The Wasm adapter and tests
+/// provide their own; inside Envoy's Wasm sandbox file access may be unavailable.
+pub type FileReader<'a> = &'a dyn Fn(&str) -> Result<String, String>;
+
+impl Config {
+    /// Parses and validates a JSON configuration.
+    pub fn from_json(bytes: &[u8], read_file: FileReader<'_>) -> Result<Config, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            config_err(field, e.into_inner().to_string())
+        })?;
+        compile(raw, read_file)
+    }
+
+    /// Whether `path` (the request's `:path`, query included) is exempt.
+    pub fn is_exempt(&self, path: &str) -> bool {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        self.exempt_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+    }
+}
+
+fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigError> {
+    if raw.providers.is_empty() {
+        return Err(config_err("providers", "at least one provider is required"));
+    }
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    for (i, p) in raw.providers.into_iter().enumerate() {
+        let provider = compile_provider(p, &format!("providers[{i}]"), read_file)?;
+        if let Some(other) = providers
+            .iter()
+            .position(|q: &Provider| q.name == provider.name)
+        {
+            return Err(config_err(
+                format!("providers[{i}].name"),
+                format!("duplicates providers[{other}].name"),
+            ));
+        }
+        if let Some(other) = providers
+            .iter()
+            .position(|q: &Provider| q.issuer == provider.issuer)
+        {
+            return Err(config_err(
+                format!("providers[{i}].issuer"),
+                format!("duplicates providers[{other}].issuer; a token is routed to its provider by iss"),
+            ));
+        }
+        providers.push(provider);
+    }
+
+    let spiffe = match raw.spiffe {
+        None => None,
+        Some(s) => {
+            let claim: Vec<String> = s.claim.split('.').map(str::to_owned).collect();
+            if claim.iter().any(String::is_empty) {
+                return Err(config_err(
+                    "spiffe.claim",
+                    "must be a claim name or a dotted path of claim names",
+                ));
+            }
+            if let Some(tds) = &s.trust_domains {
+                if tds.is_empty() {
+                    return Err(config_err(
+                        "spiffe.trust_domains",
+                        "is empty, which would reject every token; omit it to allow any trust domain",
+                    ));
+                }
+                for (i, td) in tds.iter().enumerate() {
+                    validate_trust_domain(td).map_err(|e| {
+                        config_err(format!("spiffe.trust_domains[{i}]"), e.message())
+                    })?;
+                }
+            }
+            Some(SpiffeBinding {
+                claim,
+                trust_domains: s.trust_domains,
+            })
+        }
+    };
+
+    for (i, p) in raw.exempt_paths.iter().enumerate() {
+        if !p.starts_with('/') {
+            return Err(config_err(
+                format!("exempt_paths[{i}]"),
+                "must be a path prefix starting with '/'",
+            ));
+        }
+    }
+    if raw.cache.max_entries > MAX_CACHE_ENTRIES {
+        return Err(config_err(
+            "cache.max_entries",
+            format!("must be at most {MAX_CACHE_ENTRIES} (0 turns the cache off)"),
+        ));
+    }
+    if !TOKEN_BYTES_RANGE.contains(&raw.max_token_bytes) {
+        return Err(config_err(
+            "max_token_bytes",
+            format!(
+                "must be between {} and {}",
+                TOKEN_BYTES_RANGE.start(),
+                TOKEN_BYTES_RANGE.end()
+            ),
+        ));
+    }
+    if raw.realm.is_empty()
+        || !raw
+            .realm
+            .bytes()
+            .all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+    {
+        return Err(config_err(
+            "realm",
+            "must be non-empty printable ASCII without '\"' or '\\'",
+        ));
+    }
+
+    Ok(Config {
+        mode: raw.mode,
+        providers,
+        spiffe,
+        require_binding: raw.require_binding,
+        exempt_paths: raw.exempt_paths,
+        cache_max_entries: raw.cache.max_entries,
+        max_token_bytes: raw.max_token_bytes,
+        realm: raw.realm,
+    })
+}
+
+fn compile_provider(
+    p: RawProvider,
+    at: &str,
+    read_file: FileReader<'_>,
+) -> Result<Provider, ConfigError> {
+    if p.name.is_empty() {
+        return Err(config_err(format!("{at}.name"), "must not be empty"));
+    }
+    if p.issuer.is_empty() {
+        return Err(config_err(format!("{at}.issuer"), "must not be empty"));
+    }
+    if p.audiences.is_empty() {
+        return Err(config_err(
+            format!("{at}.audiences"),
+            "at least one audience is required",
+        ));
+    }
+    if let Some(i) = p.audiences.iter().position(String::is_empty) {
+        return Err(config_err(
+            format!("{at}.audiences[{i}]"),
+            "must not be empty",
+        ));
+    }
+    if p.clock_skew_seconds > MAX_CLOCK_SKEW_SECONDS {
+        return Err(config_err(
+            format!("{at}.clock_skew_seconds"),
+            format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
+        ));
+    }
+    let algorithms = match p.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(config_err(
+                    format!("{at}.algorithms"),
+                    "is empty; omit it for the default asymmetric algorithms",
+                ));
+            }
+            let mut algs = Vec::with_capacity(list.len());
+            for (i, name) in list.iter().enumerate() {
+                match Alg::parse(name) {
+                    Ok(a) => algs.push(a),
+                    Err(AlgError::Forbidden) => {
+                        return Err(config_err(
+                            format!("{at}.algorithms[{i}]"),
+                            format!("{name} is never accepted (only asymmetric algorithms are)"),
+                        ))
+                    }
+                    Err(AlgError::Unknown) => {
+                        return Err(config_err(
+                            format!("{at}.algorithms[{i}]"),
+                            format!(
+                                "unknown algorithm {name:?}; expected one of ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA"
+                            ),
+                        ))
+                    }
+                }
+            }
+            algs
+        }
+    };
+    let (keys, field) = match (p.jwks, p.jwks_file) {
+        (Some(_), Some(_)) => {
+            return Err(config_err(
+                format!("{at}.jwks"),
+                "set exactly one of jwks and jwks_file, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(config_err(
+                format!("{at}.jwks"),
+                "missing; set exactly one of jwks and jwks_file",
+            ))
+        }
+        (Some(Value::String(text)), None) => (KeySet::from_json(&text), format!("{at}.jwks")),
+        (Some(value), None) => (KeySet::from_value(&value), format!("{at}.jwks")),
+        (None, Some(path)) => {
+            let field = format!("{at}.jwks_file");
+            let text = read_file(&path)
+                .map_err(|e| config_err(field.as_str(), format!("cannot read {path:?}: {e}")))?;
+            (KeySet::from_json(&text), field)
+        }
+    };
+    let keys = keys.map_err(|e| {
+        let field = if e.path.is_empty() {
+            field.clone()
+        } else {
+            format!("{field}.{}", e.path)
+        };
+        config_err(field, e.message)
+    })?;
+    if !keys
+        .keys()
+        .iter()
+        .any(|k| algorithms.iter().any(|a| k.accepts(*a)))
+    {
+        let skipped: Vec<String> = keys
+            .skipped
+            .iter()
+            .map(|s| format!("keys[{}] {}", s.index, s.why))
+            .collect();
+        return Err(config_err(
+            field,
+            if skipped.is_empty() {
+                "has no key usable with the allowed algorithms".to_owned()
+            } else {
+                format!(
+                    "has no key usable with the allowed algorithms (skipped: {})",
+                    skipped.join("; ")
+                )
+            },
+        ));
+    }
+    Ok(Provider {
+        name: p.name,
+        issuer: p.issuer,
+        audiences: p.audiences,
+        keys,
+        algorithms,
+        clock_skew_seconds: p.clock_skew_seconds,
+    })
+}

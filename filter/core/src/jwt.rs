@@ -1,0 +1,300 @@
+//! Access-token verification: compact JWS parsing, provider selection by `iss`, key
+//! selection by `kid` and `alg`, signature, time claims, audience. The result is the
+//! small set of verified facts that the binding checks need, which is what gets cached.
+
+use crate::config::{Config, Provider, SpiffeBinding};
+use crate::jwk::{Alg, AlgError};
+use crate::reason::{Denial, Reason};
+use crate::spiffe::{SpiffeId, SpiffeIdError};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+/// What the token says about SPIFFE binding, resolved once at verification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpiffeClaim {
+    /// SPIFFE binding is not configured.
+    Off,
+    /// The configured claim is absent or not a string.
+    Missing,
+    Invalid(SpiffeIdError),
+    Valid(SpiffeId),
+}
+
+/// The `cnf` (confirmation) claim, RFC 7800.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    /// `x5t#S256` (RFC 8705 §3.1): `Some(Ok(digest))`, or `Some(Err(()))` when present but not
+    /// a base64url SHA-256 value.
+    pub x5t_s256: Option<Result<[u8; 32], ()>>,
+    /// `jkt` (RFC 9449 §6.1), the JWK SHA-256 thumbprint of the DPoP key.
+    pub jkt: Option<String>,
+    /// The first `cnf` member this filter does not understand, if any.
+    pub unsupported: Option<String>,
+}
+
+/// The verified facts of a token: everything binding checks, logs and metadata need,
+/// and nothing else. This is the verified-token cache's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// Index of the provider that verified the token.
+    pub provider: usize,
+    pub issuer: String,
+    pub subject: Option<String>,
+    /// The last second at which the token is still accepted (`exp` plus clock skew).
+    pub valid_until: u64,
+    pub spiffe: SpiffeClaim,
+    pub cnf: Confirmation,
+}
+
+const fn deny(reason: Reason, detail: &'static str) -> Denial {
+    Denial::new(reason, detail)
+}
+
+/// The three parts of a compact JWS, decoded.
+struct Jws<'t> {
+    signing_input: &'t str,
+    header: Map<String, Value>,
+    claims: Map<String, Value>,
+    signature: Vec<u8>,
+}
+
+fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>, Denial> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| deny(Reason::MalformedToken, what))?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(deny(Reason::MalformedToken, what)),
+    }
+}
+
+fn split(token: &str) -> Result<Jws<'_>, Denial> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(deny(
+            Reason::MalformedToken,
+            "not a compact JWS (three dot-separated parts)",
+        ));
+    };
+    if parts.next().is_some() {
+        return Err(deny(
+            Reason::MalformedToken,
+            "not a compact JWS (encrypted JWTs are not accepted)",
+        ));
+    }
+    let header = decode_json_part(h, "JOSE header is not base64url JSON object")?;
+    let claims = decode_json_part(p, "claims are not a base64url JSON object")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| deny(Reason::MalformedToken, "signature is not base64url"))?;
+    let signing_input = token.get(..h.len() + 1 + p.len()).unwrap_or("");
+    Ok(Jws {
+        signing_input,
+        header,
+        claims,
+        signature,
+    })
+}
+
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds, possibly fractional.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Denial> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
+            _ => Err(deny(
+                Reason::MalformedToken,
+                "a time claim is not a NumericDate",
+            )),
+        },
+    }
+}
+
+fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    claims.get(name).and_then(Value::as_str)
+}
+
+/// Follows a dotted claim path (`a.b.c`) through nested objects.
+fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = claims.get(first)?;
+    for segment in rest {
+        value = value.as_object()?.get(segment)?;
+    }
+    Some(value)
+}
+
+fn spiffe_claim(claims: &Map<String, Value>, binding: Option<&SpiffeBinding>) -> SpiffeClaim {
+    let Some(binding) = binding else {
+        return SpiffeClaim::Off;
+    };
+    match claim_at(claims, &binding.claim).and_then(Value::as_str) {
+        None => SpiffeClaim::Missing,
+        Some(s) => match SpiffeId::parse(s) {
+            Ok(id) => SpiffeClaim::Valid(id),
+            Err(e) => SpiffeClaim::Invalid(e),
+        },
+    }
+}
+
+fn confirmation(claims: &Map<String, Value>) -> Result<Confirmation, Denial> {
+    let mut cnf = Confirmation::default();
+    let Some(value) = claims.get("cnf") else {
+        return Ok(cnf);
+    };
+    let Some(members) = value.as_object() else {
+        return Err(deny(
+            Reason::MalformedToken,
+            "cnf claim is not a JSON object",
+        ));
+    };
+    for (name, value) in members {
+        match name.as_str() {
+            "x5t#S256" => {
+                cnf.x5t_s256 = Some(
+                    value
+                        .as_str()
+                        .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+                        .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+                        .ok_or(()),
+                );
+            }
+            "jkt" => {
+                let Some(jkt) = value.as_str() else {
+                    return Err(deny(Reason::MalformedToken, "cnf.jkt is not a string"));
+                };
+                cnf.jkt = Some(jkt.to_owned());
+            }
+            other => {
+                if cnf.unsupported.is_none() {
+                    cnf.unsupported = Some(other.to_owned());
+                }
+            }
+        }
+    }
+    Ok(cnf)
+}
+
+fn audience_matches(claims: &Map<String, Value>, provider: &Provider) -> bool {
+    let accepted = |a: &str| provider.audiences.iter().any(|want| want == a);
+    match claims.get("aud") {
+        Some(Value::String(a)) => accepted(a),
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
+        _ => false,
+    }
+}
+
+fn select_provider<'c>(
+    config: &'c Config,
+    claims: &Map<String, Value>,
+) -> Result<(usize, &'c Provider), Denial> {
+    let Some(iss) = string_claim(claims, "iss") else {
+        return Err(deny(Reason::UnknownIssuer, "token has no iss claim"));
+    };
+    config
+        .providers
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.issuer == iss)
+        .ok_or(deny(Reason::UnknownIssuer, "no provider has this issuer"))
+}
+
+/// Verifies `token` against the configured providers at time `now` (Unix seconds).
+pub fn verify(token: &str, config: &Config, now: u64) -> Result<TokenFacts, Denial> {
+    let jws = split(token)?;
+
+    // Header: algorithm first, so `none` and HMAC never reach key selection.
+    let alg = match jws.header.get("alg").and_then(Value::as_str) {
+        None => return Err(deny(Reason::MalformedToken, "JOSE header has no alg")),
+        Some(a) => match Alg::parse(a) {
+            Ok(alg) => alg,
+            Err(AlgError::Forbidden) => {
+                return Err(deny(
+                    Reason::UnsupportedAlgorithm,
+                    "alg none or HMAC is never accepted",
+                ))
+            }
+            Err(AlgError::Unknown) => {
+                return Err(deny(Reason::UnsupportedAlgorithm, "unknown alg"))
+            }
+        },
+    };
+    if jws.header.contains_key("crit") {
+        // RFC 7515 §4.1.11: we understand no extensions, so any `crit` must be rejected.
+        return Err(deny(
+            Reason::MalformedToken,
+            "JOSE header has crit extensions",
+        ));
+    }
+    if jws
+        .header
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt"))
+    {
+        return Err(deny(
+            Reason::MalformedToken,
+            "a DPoP proof is not an access token",
+        ));
+    }
+    let kid = match jws.header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => return Err(deny(Reason::MalformedToken, "kid is not a string")),
+    };
+
+    let (provider_index, provider) = select_provider(config, &jws.claims)?;
+    if !provider.algorithms.contains(&alg) {
+        return Err(deny(
+            Reason::UnsupportedAlgorithm,
+            "alg is not on the provider's allow-list",
+        ));
+    }
+    let mut candidates = provider.keys.candidates(kid, alg).peekable();
+    if candidates.peek().is_none() {
+        return Err(deny(
+            Reason::UnknownKey,
+            "no key in the JWKS matches kid and alg",
+        ));
+    }
+    let input = jws.signing_input.as_bytes();
+    if !candidates.any(|k| k.key.verify(alg, input, &jws.signature)) {
+        return Err(deny(Reason::BadSignature, "signature does not verify"));
+    }
+
+    // Time claims (RFC 7519 §4.1.4-6), with the provider's clock skew.
+    let skew = provider.clock_skew_seconds;
+    let Some(exp) = numeric_date(&jws.claims, "exp")? else {
+        return Err(deny(Reason::MalformedToken, "token has no exp claim"));
+    };
+    let valid_until = exp.saturating_add(skew);
+    if now >= valid_until {
+        return Err(deny(Reason::Expired, "exp is in the past"));
+    }
+    if let Some(nbf) = numeric_date(&jws.claims, "nbf")? {
+        if nbf > now.saturating_add(skew) {
+            return Err(deny(Reason::NotYetValid, "nbf is in the future"));
+        }
+    }
+    if let Some(iat) = numeric_date(&jws.claims, "iat")? {
+        if iat > now.saturating_add(skew) {
+            return Err(deny(Reason::NotYetValid, "iat is in the future"));
+        }
+    }
+    if !audience_matches(&jws.claims, provider) {
+        return Err(deny(
+            Reason::AudienceMismatch,
+            "no aud value is accepted by the provider",
+        ));
+    }
+
+    Ok(TokenFacts {
+        provider: provider_index,
+        issuer: provider.issuer.clone(),
+        subject: string_claim(&jws.claims, "sub").map(str::to_owned),
+        valid_until,
+        spiffe: spiffe_claim(&jws.claims, config.spiffe.as_ref()),
+        cnf: confirmation(&jws.claims)?,
+    })
+}

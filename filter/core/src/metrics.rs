@@ -1,0 +1,77 @@
+//! The filter's counters: a fixed, declared list of names, so the adapter can define them
+//! all once per VM and index them densely on the request path.
+
+use crate::reason::Reason;
+
+/// One counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Allowed,
+    Exempt,
+    CacheHit,
+    CacheMiss,
+    Denied(Reason),
+    WouldDeny(Reason),
+}
+
+const FIXED: usize = 4;
+const REASONS: usize = Reason::ALL.len();
+/// Number of counters.
+pub const COUNT: usize = FIXED + 2 * REASONS;
+
+impl Counter {
+    /// Every counter, in index order.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        [
+            Counter::Allowed,
+            Counter::Exempt,
+            Counter::CacheHit,
+            Counter::CacheMiss,
+        ]
+        .into_iter()
+        .chain(Reason::ALL.into_iter().map(Counter::Denied))
+        .chain(Reason::ALL.into_iter().map(Counter::WouldDeny))
+    }
+
+    pub const fn index(self) -> usize {
+        match self {
+            Counter::Allowed => 0,
+            Counter::Exempt => 1,
+            Counter::CacheHit => 2,
+            Counter::CacheMiss => 3,
+            Counter::Denied(r) => FIXED + r.index(),
+            Counter::WouldDeny(r) => FIXED + REASONS + r.index(),
+        }
+    }
+
+    /// The Envoy stat name.
+    pub fn name(self) -> String {
+        match self {
+            Counter::Allowed => "tokenbind.allowed".to_owned(),
+            Counter::Exempt => "tokenbind.exempt".to_owned(),
+            Counter::CacheHit => "tokenbind.cache.hit".to_owned(),
+            Counter::CacheMiss => "tokenbind.cache.miss".to_owned(),
+            Counter::Denied(r) => format!("tokenbind.denied.{}", r.as_str()),
+            Counter::WouldDeny(r) => format!("tokenbind.monitor.would_deny.{}", r.as_str()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        let all: Vec<Counter> = Counter::all().collect();
+        assert_eq!(all.len(), COUNT);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+        let mut names: Vec<String> = all.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), COUNT);
+        assert!(names.contains(&"tokenbind.monitor.would_deny.spiffe_mismatch".to_owned()));
+    }
+}

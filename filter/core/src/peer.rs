@@ -1,0 +1,106 @@
+//! The downstream mTLS peer, as Envoy reports it through connection attributes.
+
+use std::fmt;
+
+/// What Envoy knows about the caller's TLS client certificate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// `connection.mtls`: the peer presented a client certificate.
+    pub mtls: bool,
+    /// `connection.uri_san_peer_certificate`: the first URI SAN of the leaf.
+    pub uri_san: Option<String>,
+    /// `connection.sha256_peer_certificate_digest`, decoded from hex.
+    pub cert_sha256: Option<[u8; 32]>,
+}
+
+impl Peer {
+    /// Builds a peer from the raw attribute bytes Envoy returns. Absent or malformed
+    /// attributes become `false` / `None`; nothing here can fail the request by itself.
+    pub fn from_attributes(
+        mtls: Option<&[u8]>,
+        uri_san: Option<&[u8]>,
+        sha256_hex: Option<&[u8]>,
+    ) -> Peer {
+        Peer {
+            // Envoy serialises a bool attribute as one byte.
+            mtls: mtls.is_some_and(|b| b.first().is_some_and(|v| *v != 0)),
+            uri_san: uri_san
+                .filter(|b| !b.is_empty())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .map(str::to_owned),
+            cert_sha256: sha256_hex.and_then(decode_hex32),
+        }
+    }
+
+    pub fn has_certificate(&self) -> bool {
+        self.mtls || self.cert_sha256.is_some()
+    }
+
+    /// The peer's SPIFFE ID, when its URI SAN is one (for logs and metadata).
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.uri_san
+            .as_deref()
+            .filter(|u| u.starts_with("spiffe://"))
+    }
+}
+
+impl fmt::Debug for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Peer")
+            .field("mtls", &self.mtls)
+            .field("uri_san", &self.uri_san)
+            .field("cert_sha256", &self.cert_sha256.is_some())
+            .finish()
+    }
+}
+
+/// Decodes 64 hex digits (either case) into 32 bytes.
+pub fn decode_hex32(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let hi = (pair.first().copied().and_then(nibble))?;
+        let lo = (pair.get(1).copied().and_then(nibble))?;
+        *byte = (hi << 4) | lo;
+    }
+    Some(out)
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_digest_decodes_in_either_case() {
+        let lower = "00ff10abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123";
+        let d = decode_hex32(lower.as_bytes()).unwrap();
+        assert_eq!(d[0], 0x00);
+        assert_eq!(d[1], 0xff);
+        assert_eq!(d[2], 0x10);
+        assert_eq!(decode_hex32(lower.to_uppercase().as_bytes()), Some(d));
+        assert_eq!(decode_hex32(b"00ff"), None);
+        assert_eq!(decode_hex32(&[b'g'; 64]), None);
+    }
+
+    #[test]
+    fn attributes_map_to_a_peer() {
+        let p = Peer::from_attributes(Some(&[1]), Some(b"spiffe://td/a"), None);
+        assert!(p.mtls && p.has_certificate());
+        assert_eq!(p.spiffe_id(), Some("spiffe://td/a"));
+        let p = Peer::from_attributes(Some(&[0]), None, None);
+        assert!(!p.has_certificate());
+        let p = Peer::from_attributes(None, Some(b"https://x"), None);
+        assert_eq!(p.spiffe_id(), None);
+    }
+}
