@@ -1,5 +1,7 @@
 //! Configuration errors name the offending field; good configurations compile.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 mod common;
 
 use common::*;
