@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, the core's unit tests, and the integration tests
+# against a real Envoy. Installs what it needs first (scripts/setup.sh). Never skips Envoy:
+# if it is missing, the integration tests fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "clippy (native, and the wasm adapter for wasm32-wasip1); unwrap/expect/panic are denied outside tests"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy -p tokenbind-filter --target wasm32-wasip1 --quiet -- -D warnings
+
+say "unit and integration tests (integration tests start real Envoy $(.venv/bin/envoy --version | grep -o '/1\.[0-9.]*/' | tr -d /))"
+export ENVOY_BIN="$PWD/.venv/bin/envoy"
+export TOKENBIND_WASM="$PWD/target/wasm32-wasip1/release/tokenbind.wasm"
+cargo test --workspace
