@@ -2,6 +2,7 @@
 //! cache hit or not: the peer is exactly what changes when a token is stolen.
 
 use crate::config::Config;
+use crate::extract::Scheme;
 use crate::jwt::{SpiffeClaim, TokenFacts};
 use crate::peer::Peer;
 use crate::reason::{Denial, Reason};
@@ -12,20 +13,26 @@ use subtle::ConstantTimeEq;
 pub struct Bindings {
     pub x5t_s256: bool,
     pub spiffe: bool,
+    pub dpop: bool,
 }
 
 impl Bindings {
     pub fn any(self) -> bool {
-        self.x5t_s256 || self.spiffe
+        self.x5t_s256 || self.spiffe || self.dpop
     }
 
-    /// A short label for logs and metadata: `x5t#S256`, `spiffe`, `x5t#S256+spiffe`, `none`.
+    /// A short label for logs and metadata: `x5t#S256`, `spiffe`, `dpop`, joined with `+`
+    /// when several passed, or `none`.
     pub fn kind(self) -> &'static str {
-        match (self.x5t_s256, self.spiffe) {
-            (true, true) => "x5t#S256+spiffe",
-            (true, false) => "x5t#S256",
-            (false, true) => "spiffe",
-            (false, false) => "none",
+        match (self.x5t_s256, self.spiffe, self.dpop) {
+            (false, false, false) => "none",
+            (true, false, false) => "x5t#S256",
+            (false, true, false) => "spiffe",
+            (false, false, true) => "dpop",
+            (true, true, false) => "x5t#S256+spiffe",
+            (true, false, true) => "x5t#S256+dpop",
+            (false, true, true) => "spiffe+dpop",
+            (true, true, true) => "x5t#S256+spiffe+dpop",
         }
     }
 }
@@ -34,9 +41,17 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Runs the binding checks in order: certificate thumbprint (RFC 8705), SPIFFE ID, DPoP,
-/// unknown confirmation methods, then `require_binding`. The first failure is the reason.
-pub fn check(facts: &TokenFacts, config: &Config, peer: &Peer) -> Result<Bindings, Denial> {
+/// Runs the binding checks in order: certificate thumbprint (RFC 8705), SPIFFE ID, DPoP
+/// (RFC 9449), unknown confirmation methods, then `require_binding`. The first failure is the
+/// reason. `dpop` verifies the request's proof against the token's `cnf.jkt`; it is called only
+/// for a DPoP-bound token presented with the DPoP scheme.
+pub fn check(
+    facts: &TokenFacts,
+    config: &Config,
+    peer: &Peer,
+    scheme: Scheme,
+    dpop: &mut dyn FnMut(&str) -> Result<(), Denial>,
+) -> Result<Bindings, Denial> {
     let mut passed = Bindings::default();
 
     if let Some(x5t) = &facts.cnf.x5t_s256 {
@@ -103,11 +118,16 @@ pub fn check(facts: &TokenFacts, config: &Config, peer: &Peer) -> Result<Binding
         passed.spiffe = true;
     }
 
-    if facts.cnf.jkt.is_some() {
-        return Err(Denial::new(
-            Reason::DpopRequired,
-            "cnf.jkt token needs DPoP proof verification",
-        ));
+    if let Some(jkt) = &facts.cnf.jkt {
+        if scheme != Scheme::DPoP {
+            // RFC 9449 §7.2: a DPoP-bound token sent as a bearer token is a downgrade.
+            return Err(Denial::new(
+                Reason::DpopDowngrade,
+                "DPoP-bound token presented with the Bearer scheme",
+            ));
+        }
+        dpop(jkt)?;
+        passed.dpop = true;
     }
     if facts.cnf.unsupported.is_some() {
         return Err(Denial::new(

@@ -60,6 +60,14 @@ pub const DEFAULT_REALM: &str = "tokenbind";
 const MAX_CLOCK_SKEW_SECONDS: u64 = 600;
 const MAX_CACHE_ENTRIES: usize = 1_000_000;
 const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
+pub const DEFAULT_DPOP_IAT_WINDOW_SECONDS: u64 = 60;
+pub const DEFAULT_NONCE_LIFETIME_SECONDS: u64 = 300;
+pub const DEFAULT_REPLAY_ENTRIES: usize = 65_536;
+/// The default DPoP proof algorithms (RFC 9449 leaves the choice to the server).
+pub const DEFAULT_DPOP_ALGORITHMS: [Alg; 5] =
+    [Alg::ES256, Alg::ES384, Alg::EdDSA, Alg::RS256, Alg::PS256];
+const MAX_DPOP_IAT_WINDOW_SECONDS: u64 = 600;
+const MAX_REPLAY_ENTRIES: usize = 4_194_304;
 /// The default algorithm allow-list: every asymmetric JWS algorithm we implement.
 pub const DEFAULT_ALGORITHMS: [Alg; 9] = Alg::ALL;
 
@@ -83,6 +91,52 @@ struct RawConfig {
     max_token_bytes: usize,
     #[serde(default = "default_realm")]
     realm: String,
+    #[serde(default)]
+    dpop: Option<RawDpop>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default = "default_iat_window")]
+    iat_window_seconds: u64,
+    #[serde(default)]
+    require_nonce: bool,
+    #[serde(default = "default_nonce_lifetime")]
+    nonce_lifetime_seconds: u64,
+    #[serde(default)]
+    trust_forwarded_proto: bool,
+    #[serde(default)]
+    replay_cache: RawReplayCache,
+    #[serde(default = "default_max_token_bytes")]
+    max_proof_bytes: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplayCache {
+    #[serde(default = "default_replay_entries")]
+    max_entries: usize,
+}
+
+impl Default for RawReplayCache {
+    fn default() -> Self {
+        RawReplayCache {
+            max_entries: DEFAULT_REPLAY_ENTRIES,
+        }
+    }
+}
+
+fn default_iat_window() -> u64 {
+    DEFAULT_DPOP_IAT_WINDOW_SECONDS
+}
+fn default_nonce_lifetime() -> u64 {
+    DEFAULT_NONCE_LIFETIME_SECONDS
+}
+fn default_replay_entries() -> usize {
+    DEFAULT_REPLAY_ENTRIES
 }
 
 #[derive(Deserialize)]
@@ -167,6 +221,46 @@ pub struct SpiffeBinding {
     pub trust_domains: Option<Vec<String>>,
 }
 
+/// DPoP proof verification settings (RFC 9449). Always present: DPoP-bound tokens are
+/// verified with these defaults when the `dpop` section is omitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopSettings {
+    pub algorithms: Vec<Alg>,
+    /// A proof's `iat` may be this far in the past or the future.
+    pub iat_window_seconds: u64,
+    pub require_nonce: bool,
+    pub nonce_lifetime_seconds: u64,
+    /// Rebuild `htu` with `x-forwarded-proto` instead of `:scheme` (behind a TLS terminator).
+    pub trust_forwarded_proto: bool,
+    pub replay_max_entries: usize,
+    pub max_proof_bytes: usize,
+}
+
+impl Default for DpopSettings {
+    fn default() -> Self {
+        DpopSettings {
+            algorithms: DEFAULT_DPOP_ALGORITHMS.to_vec(),
+            iat_window_seconds: DEFAULT_DPOP_IAT_WINDOW_SECONDS,
+            require_nonce: false,
+            nonce_lifetime_seconds: DEFAULT_NONCE_LIFETIME_SECONDS,
+            trust_forwarded_proto: false,
+            replay_max_entries: DEFAULT_REPLAY_ENTRIES,
+            max_proof_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+impl DpopSettings {
+    /// The `algs` value of a DPoP challenge: space-separated algorithm names.
+    pub fn algs_param(&self) -> String {
+        self.algorithms
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// The validated plugin configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -178,6 +272,7 @@ pub struct Config {
     pub cache_max_entries: usize,
     pub max_token_bytes: usize,
     pub realm: String,
+    pub dpop: DpopSettings,
 }
 
 /// Reads a file named by the configuration (`jwks_file`). The Wasm adapter and tests
@@ -299,7 +394,13 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
         ));
     }
 
+    let dpop = match raw.dpop {
+        None => DpopSettings::default(),
+        Some(d) => compile_dpop(d)?,
+    };
+
     Ok(Config {
+        dpop,
         mode: raw.mode,
         providers,
         spiffe,
@@ -340,38 +441,11 @@ fn compile_provider(
             format!("must be at most {MAX_CLOCK_SKEW_SECONDS}"),
         ));
     }
-    let algorithms = match p.algorithms {
-        None => DEFAULT_ALGORITHMS.to_vec(),
-        Some(list) => {
-            if list.is_empty() {
-                return Err(config_err(
-                    format!("{at}.algorithms"),
-                    "is empty; omit it for the default asymmetric algorithms",
-                ));
-            }
-            let mut algs = Vec::with_capacity(list.len());
-            for (i, name) in list.iter().enumerate() {
-                match Alg::parse(name) {
-                    Ok(a) => algs.push(a),
-                    Err(AlgError::Forbidden) => {
-                        return Err(config_err(
-                            format!("{at}.algorithms[{i}]"),
-                            format!("{name} is never accepted (only asymmetric algorithms are)"),
-                        ))
-                    }
-                    Err(AlgError::Unknown) => {
-                        return Err(config_err(
-                            format!("{at}.algorithms[{i}]"),
-                            format!(
-                                "unknown algorithm {name:?}; expected one of ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA"
-                            ),
-                        ))
-                    }
-                }
-            }
-            algs
-        }
-    };
+    let algorithms = parse_algorithms(
+        p.algorithms,
+        &format!("{at}.algorithms"),
+        &DEFAULT_ALGORITHMS,
+    )?;
     let (keys, field) = match (p.jwks, p.jwks_file) {
         (Some(_), Some(_)) => {
             return Err(config_err(
@@ -431,5 +505,83 @@ fn compile_provider(
         keys,
         algorithms,
         clock_skew_seconds: p.clock_skew_seconds,
+    })
+}
+
+fn parse_algorithms(
+    list: Option<Vec<String>>,
+    at: &str,
+    default: &[Alg],
+) -> Result<Vec<Alg>, ConfigError> {
+    let Some(list) = list else {
+        return Ok(default.to_vec());
+    };
+    if list.is_empty() {
+        return Err(config_err(
+            at,
+            "is empty; omit it for the default asymmetric algorithms",
+        ));
+    }
+    let mut algs = Vec::with_capacity(list.len());
+    for (i, name) in list.iter().enumerate() {
+        match Alg::parse(name) {
+            Ok(a) => algs.push(a),
+            Err(AlgError::Forbidden) => {
+                return Err(config_err(
+                    format!("{at}[{i}]"),
+                    format!("{name} is never accepted (only asymmetric algorithms are)"),
+                ))
+            }
+            Err(AlgError::Unknown) => {
+                return Err(config_err(
+                    format!("{at}[{i}]"),
+                    format!(
+                        "unknown algorithm {name:?}; expected one of ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA"
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(algs)
+}
+
+fn compile_dpop(d: RawDpop) -> Result<DpopSettings, ConfigError> {
+    let algorithms = parse_algorithms(d.algorithms, "dpop.algorithms", &DEFAULT_DPOP_ALGORITHMS)?;
+    if d.iat_window_seconds == 0 || d.iat_window_seconds > MAX_DPOP_IAT_WINDOW_SECONDS {
+        return Err(config_err(
+            "dpop.iat_window_seconds",
+            format!("must be between 1 and {MAX_DPOP_IAT_WINDOW_SECONDS}"),
+        ));
+    }
+    if !(10..=86_400).contains(&d.nonce_lifetime_seconds) {
+        return Err(config_err(
+            "dpop.nonce_lifetime_seconds",
+            "must be between 10 and 86400",
+        ));
+    }
+    if d.replay_cache.max_entries == 0 || d.replay_cache.max_entries > MAX_REPLAY_ENTRIES {
+        return Err(config_err(
+            "dpop.replay_cache.max_entries",
+            format!("must be between 1 and {MAX_REPLAY_ENTRIES}; replay protection cannot be turned off"),
+        ));
+    }
+    if !TOKEN_BYTES_RANGE.contains(&d.max_proof_bytes) {
+        return Err(config_err(
+            "dpop.max_proof_bytes",
+            format!(
+                "must be between {} and {}",
+                TOKEN_BYTES_RANGE.start(),
+                TOKEN_BYTES_RANGE.end()
+            ),
+        ));
+    }
+    Ok(DpopSettings {
+        algorithms,
+        iat_window_seconds: d.iat_window_seconds,
+        require_nonce: d.require_nonce,
+        nonce_lifetime_seconds: d.nonce_lifetime_seconds,
+        trust_forwarded_proto: d.trust_forwarded_proto,
+        replay_max_entries: d.replay_cache.max_entries,
+        max_proof_bytes: d.max_proof_bytes,
     })
 }

@@ -1,26 +1,25 @@
-//! One request, one decision: extract → (cache | verify) → bind. Plain Rust: the Wasm adapter
-//! feeds it header values, a lazily read peer and the clock, and acts on the result.
+//! One request, one decision: extract → (cache | verify) → bind. Plain Rust: the engine asks the
+//! [`Host`] for exactly the inputs a decision needs, and the adapter acts on the result.
 
 use crate::binding::{self, Bindings};
 use crate::cache::{token_hash, TokenCache, TokenHash};
 use crate::config::{Config, Mode};
-use crate::extract;
+use crate::dpop::{self, ProofKeyCache, ProofRequest};
+use crate::extract::{self, Scheme};
+use crate::host::Host;
 use crate::jwt::{self, TokenFacts};
 use crate::metrics::Counter;
+use crate::nonce;
 use crate::peer::Peer;
-use crate::reason::Denial;
-use crate::response::{self, Reply};
+use crate::reason::{Denial, Reason};
+use crate::replay::{ReplayError, ReplayStore};
+use crate::response::{self, Challenge, Reply};
+use crate::uri;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// The parts of the request the decision reads.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    /// `:path`, query included.
-    pub path: &'a str,
-    /// Every `Authorization` header value, in order.
-    pub authorization: &'a [&'a str],
-}
+/// Parsed DPoP proof keys kept per VM.
+const PROOF_KEY_CACHE_ENTRIES: usize = 1024;
 
 /// What was decided, before the mode is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +43,8 @@ pub enum CacheUse {
 pub struct Decision {
     pub outcome: Outcome,
     pub cache: CacheUse,
+    /// The scheme the client used, when it sent a credential.
+    pub scheme: Option<Scheme>,
     /// The verified facts, when verification succeeded.
     pub facts: Option<Rc<TokenFacts>>,
     pub bindings: Bindings,
@@ -51,6 +52,8 @@ pub struct Decision {
     pub peer: Option<Peer>,
     /// SHA-256 of the token, when there was one. Never log the token; log [`Decision::token_tag`].
     pub token_hash: Option<TokenHash>,
+    /// A fresh DPoP nonce to send with a `use_dpop_nonce` challenge.
+    pub dpop_nonce: Option<String>,
 }
 
 impl Decision {
@@ -58,10 +61,12 @@ impl Decision {
         Decision {
             outcome,
             cache: CacheUse::NotConsulted,
+            scheme: None,
             facts: None,
             bindings: Bindings::default(),
             peer: None,
             token_hash: None,
+            dpop_nonce: None,
         }
     }
 
@@ -92,7 +97,17 @@ impl Decision {
     pub fn reply(&self, config: &Config) -> Option<Reply> {
         match (&self.outcome, config.mode) {
             (Outcome::Deny(d), Mode::Enforce) => {
-                Some(response::unauthorized(d.reason, &config.realm))
+                let algs = config.dpop.algs_param();
+                let challenge = Challenge {
+                    realm: &config.realm,
+                    dpop_scheme: self.scheme == Some(Scheme::DPoP),
+                    dpop_algs: &algs,
+                };
+                Some(response::unauthorized(
+                    d.reason,
+                    &challenge,
+                    self.dpop_nonce.as_deref(),
+                ))
             }
             _ => None,
         }
@@ -109,17 +124,25 @@ impl Decision {
     }
 }
 
-/// The per-VM decision engine: validated config plus the verified-token cache.
+/// The per-VM decision engine: validated config plus the per-VM caches.
 #[derive(Debug)]
 pub struct Engine {
     config: Config,
     cache: RefCell<TokenCache>,
+    proof_keys: RefCell<ProofKeyCache>,
+    replay: ReplayStore,
 }
 
 impl Engine {
     pub fn new(config: Config) -> Self {
         let cache = RefCell::new(TokenCache::new(config.cache_max_entries));
-        Engine { config, cache }
+        let replay = ReplayStore::new(config.dpop.replay_max_entries);
+        Engine {
+            config,
+            cache,
+            proof_keys: RefCell::new(ProofKeyCache::new(PROOF_KEY_CACHE_ENTRIES)),
+            replay,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -130,25 +153,26 @@ impl Engine {
         self.cache.borrow().len()
     }
 
-    /// Decides one request at `now` (Unix seconds). `peer` is called at most once, and only
-    /// when a verified token's binding needs it.
-    pub fn decide(
-        &self,
-        request: &Request<'_>,
-        peer: &mut dyn FnMut() -> Peer,
-        now: u64,
-    ) -> Decision {
-        if self.config.is_exempt(request.path) {
+    pub fn proof_keys_len(&self) -> usize {
+        self.proof_keys.borrow().len()
+    }
+
+    /// Decides one request at `now` (Unix seconds).
+    pub fn decide(&self, host: &dyn Host, now: u64) -> Decision {
+        let path = host.request_header(":path").unwrap_or_default();
+        if self.config.is_exempt(&path) {
             return Decision::new(Outcome::Exempt);
         }
-        let credential =
-            match extract::credential(request.authorization, self.config.max_token_bytes) {
-                Ok(c) => c,
-                Err(d) => return Decision::new(Outcome::Deny(d)),
-            };
+        let authorization = host.request_header("authorization");
+        let values: Vec<&str> = authorization.as_deref().into_iter().collect();
+        let credential = match extract::credential(&values, self.config.max_token_bytes) {
+            Ok(c) => c,
+            Err(d) => return Decision::new(Outcome::Deny(d)),
+        };
         let hash = token_hash(credential.token);
         let mut decision = Decision::new(Outcome::Allow);
         decision.token_hash = Some(hash);
+        decision.scheme = Some(credential.scheme);
 
         let cached = self.cache.borrow_mut().get(&hash, now);
         let facts = match cached {
@@ -172,13 +196,111 @@ impl Engine {
             }
         };
 
-        let peer = peer();
-        match binding::check(&facts, &self.config, &peer) {
+        let peer = host.peer();
+        let mut nonce_to_send = None;
+        let mut check_dpop = |jkt: &str| {
+            self.check_dpop(host, &path, credential.token, jkt, now, &mut nonce_to_send)
+        };
+        match binding::check(
+            &facts,
+            &self.config,
+            &peer,
+            credential.scheme,
+            &mut check_dpop,
+        ) {
             Ok(bindings) => decision.bindings = bindings,
             Err(d) => decision.outcome = Outcome::Deny(d),
         }
+        decision.dpop_nonce = nonce_to_send;
         decision.peer = Some(peer);
         decision.facts = Some(facts);
         decision
+    }
+
+    /// RFC 9449 §7.1: the request's single DPoP proof must be valid for this request, this
+    /// token and its `cnf.jkt`, and never seen before.
+    fn check_dpop(
+        &self,
+        host: &dyn Host,
+        path: &str,
+        access_token: &str,
+        jkt: &str,
+        now: u64,
+        nonce_to_send: &mut Option<String>,
+    ) -> Result<(), Denial> {
+        let settings = &self.config.dpop;
+        let proofs = host.request_header_values("dpop");
+        let proof = match proofs.as_slice() {
+            [] => {
+                return Err(Denial::new(
+                    Reason::DpopRequired,
+                    "DPoP-bound token without a DPoP header",
+                ))
+            }
+            [one] => one,
+            _ => {
+                return Err(Denial::new(
+                    Reason::DpopInvalid,
+                    "more than one DPoP header",
+                ))
+            }
+        };
+        let method = host.request_header(":method").unwrap_or_default();
+        let scheme = settings
+            .trust_forwarded_proto
+            .then(|| host.request_header("x-forwarded-proto"))
+            .flatten()
+            .map(|p| {
+                p.split(',')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .or_else(|| host.request_header(":scheme"))
+            .unwrap_or_default();
+        let authority = host.request_header(":authority").unwrap_or_default();
+        let request_uri = uri::normalize(&uri::request_uri(&scheme, &authority, path));
+
+        let nonce_key = if settings.require_nonce {
+            match nonce::load_key(host) {
+                Some(key) => Some(key),
+                None => {
+                    return Err(Denial::new(
+                        Reason::DpopNonceRequired,
+                        "nonce key unavailable in shared data",
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let request = ProofRequest {
+            method: &method,
+            uri: request_uri.as_deref(),
+            access_token,
+            jkt,
+            now,
+            nonce_key: nonce_key.as_ref(),
+        };
+        let verified = dpop::verify(proof, &request, settings, &mut self.proof_keys.borrow_mut())
+            .inspect_err(|d| {
+            if let (Reason::DpopNonceRequired, Some(key)) = (d.reason, &nonce_key) {
+                *nonce_to_send = Some(nonce::issue(key, now, settings.nonce_lifetime_seconds));
+            }
+        })?;
+        self.replay
+            .first_use(host, &verified.replay_id, verified.expires_at, now)
+            .map_err(|e| match e {
+                ReplayError::Replayed => Denial::new(Reason::DpopReplayed, "jti already used"),
+                ReplayError::Full => Denial::new(
+                    Reason::DpopReplayed,
+                    "replay store full; raise dpop.replay_cache.max_entries",
+                ),
+                ReplayError::Unavailable => Denial::new(
+                    Reason::DpopReplayed,
+                    "replay store unavailable; failing closed",
+                ),
+            })
     }
 }

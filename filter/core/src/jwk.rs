@@ -99,6 +99,12 @@ pub enum PublicKey {
     Rsa(Box<rsa::RsaPublicKey>),
 }
 
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.kty())
+    }
+}
+
 impl PublicKey {
     /// Whether this key can verify signatures made with `alg`.
     pub fn supports(&self, alg: Alg) -> bool {
@@ -451,4 +457,82 @@ fn parse_key(obj: &Map<String, Value>, path: &str) -> Result<Parsed, JwksError> 
         }
     }
     Ok(Parsed::Use(key, alg))
+}
+
+/// RFC 7638 JWK thumbprint: base64url(SHA-256(the required members, in lexicographic order,
+/// as compact JSON)). Only the key types this filter verifies are supported.
+pub fn thumbprint(jwk: &Map<String, Value>) -> Result<String, &'static str> {
+    use sha2::{Digest, Sha256};
+    let members: &[&str] = match jwk.get("kty").and_then(Value::as_str) {
+        Some("EC") => &["crv", "kty", "x", "y"],
+        Some("OKP") => &["crv", "kty", "x"],
+        Some("RSA") => &["e", "kty", "n"],
+        Some(_) => return Err("jwk kty is not supported"),
+        None => return Err("jwk has no kty"),
+    };
+    let mut canonical = String::with_capacity(256);
+    canonical.push('{');
+    for (i, name) in members.iter().enumerate() {
+        let Some(Value::String(value)) = jwk.get(*name) else {
+            return Err("jwk is missing a required member");
+        };
+        if i > 0 {
+            canonical.push(',');
+        }
+        // Member names are plain ASCII; values are escaped as JSON strings.
+        canonical.push('"');
+        canonical.push_str(name);
+        canonical.push_str("\":");
+        canonical
+            .push_str(&serde_json::to_string(value).map_err(|_| "jwk member is not a string")?);
+    }
+    canonical.push('}');
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+}
+
+/// Parses a single public JWK (a DPoP proof's `jwk` header). Private members, symmetric keys
+/// and unsupported key types are errors here, not skips.
+pub fn parse_public_jwk(jwk: &Map<String, Value>) -> Result<PublicKey, &'static str> {
+    if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+        return Err("jwk carries private key members");
+    }
+    match parse_key(jwk, "jwk") {
+        Ok(Parsed::Use(key, _)) => Ok(key),
+        Ok(Parsed::Skip(why)) => Err(why),
+        Err(_) => Err("jwk is not a valid public key"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rfc7638_section_3_1_example_thumbprint() {
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        assert_eq!(
+            thumbprint(jwk.as_object().unwrap()).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn thumbprint_ignores_member_order_and_optional_members() {
+        let a = json!({"kty": "EC", "crv": "P-256", "x": "AA", "y": "BB"});
+        let b =
+            json!({"y": "BB", "use": "sig", "x": "AA", "crv": "P-256", "kty": "EC", "kid": "k"});
+        assert_eq!(
+            thumbprint(a.as_object().unwrap()),
+            thumbprint(b.as_object().unwrap())
+        );
+        let c = json!({"kty": "EC", "crv": "P-256", "x": "AA"});
+        assert!(thumbprint(c.as_object().unwrap()).is_err());
+    }
 }

@@ -52,11 +52,11 @@ const fn deny(reason: Reason, detail: &'static str) -> Denial {
 }
 
 /// The three parts of a compact JWS, decoded.
-struct Jws<'t> {
-    signing_input: &'t str,
-    header: Map<String, Value>,
-    claims: Map<String, Value>,
-    signature: Vec<u8>,
+pub(crate) struct Jws<'t> {
+    pub(crate) signing_input: &'t str,
+    pub(crate) header: Map<String, Value>,
+    pub(crate) claims: Map<String, Value>,
+    pub(crate) signature: Vec<u8>,
 }
 
 fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>, Denial> {
@@ -69,7 +69,7 @@ fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>
     }
 }
 
-fn split(token: &str) -> Result<Jws<'_>, Denial> {
+pub(crate) fn split(token: &str) -> Result<Jws<'_>, Denial> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(deny(

@@ -4,6 +4,7 @@
 //! - [`extract`]: where the token is (`Authorization`).
 //! - [`jwt`] and [`jwk`]: is the token valid (signature, issuer, time, audience).
 //! - [`binding`]: is it bound to this caller ([`peer`], [`spiffe`], RFC 8705 thumbprint).
+//! - [`dpop`], [`replay`], [`nonce`], [`uri`]: RFC 9449 proof-of-possession.
 //! - [`cache`]: the verified-token cache.
 //! - [`engine`]: one request, one [`engine::Decision`].
 //! - [`reason`], [`response`], [`metrics`]: one enum of denial reasons feeding replies,
@@ -12,17 +13,23 @@
 pub mod binding;
 pub mod cache;
 pub mod config;
+pub mod dpop;
 pub mod engine;
 pub mod extract;
+pub mod host;
 pub mod jwk;
 pub mod jwt;
 pub mod metrics;
+pub mod nonce;
 pub mod peer;
 pub mod reason;
+pub mod replay;
 pub mod response;
 pub mod spiffe;
+pub mod uri;
 
 pub use config::{Config, ConfigError, Mode};
-pub use engine::{CacheUse, Decision, Engine, Outcome, Request};
+pub use engine::{CacheUse, Decision, Engine, Outcome};
+pub use host::{Host, MockHost, SharedData, SharedError};
 pub use peer::Peer;
 pub use reason::{Denial, Reason};

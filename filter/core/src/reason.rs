@@ -23,11 +23,20 @@ pub enum Reason {
     UnboundToken,
     UnsupportedBinding,
     DpopRequired,
+    DpopInvalid,
+    DpopReplayed,
+    DpopKeyMismatch,
+    DpopAthMismatch,
+    DpopHtmMismatch,
+    DpopHtuMismatch,
+    DpopIatOutOfWindow,
+    DpopNonceRequired,
+    DpopDowngrade,
 }
 
 impl Reason {
     /// Every reason, in declaration order. Used to pre-define one counter per reason.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 27] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::TokenTooLarge,
@@ -46,6 +55,15 @@ impl Reason {
         Reason::UnboundToken,
         Reason::UnsupportedBinding,
         Reason::DpopRequired,
+        Reason::DpopInvalid,
+        Reason::DpopReplayed,
+        Reason::DpopKeyMismatch,
+        Reason::DpopAthMismatch,
+        Reason::DpopHtmMismatch,
+        Reason::DpopHtuMismatch,
+        Reason::DpopIatOutOfWindow,
+        Reason::DpopNonceRequired,
+        Reason::DpopDowngrade,
     ];
 
     /// The stable snake_case name.
@@ -69,7 +87,31 @@ impl Reason {
             Reason::UnboundToken => "unbound_token",
             Reason::UnsupportedBinding => "unsupported_binding",
             Reason::DpopRequired => "dpop_required",
+            Reason::DpopInvalid => "dpop_invalid",
+            Reason::DpopReplayed => "dpop_replayed",
+            Reason::DpopKeyMismatch => "dpop_key_mismatch",
+            Reason::DpopAthMismatch => "dpop_ath_mismatch",
+            Reason::DpopHtmMismatch => "dpop_htm_mismatch",
+            Reason::DpopHtuMismatch => "dpop_htu_mismatch",
+            Reason::DpopIatOutOfWindow => "dpop_iat_out_of_window",
+            Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::DpopDowngrade => "dpop_downgrade",
         }
+    }
+
+    /// Whether the reason is about the DPoP proof itself (RFC 9449 `invalid_dpop_proof`).
+    pub const fn is_dpop_proof_problem(self) -> bool {
+        matches!(
+            self,
+            Reason::DpopRequired
+                | Reason::DpopInvalid
+                | Reason::DpopReplayed
+                | Reason::DpopKeyMismatch
+                | Reason::DpopAthMismatch
+                | Reason::DpopHtmMismatch
+                | Reason::DpopHtuMismatch
+                | Reason::DpopIatOutOfWindow
+        )
     }
 
     /// Position in [`Reason::ALL`], for dense per-reason tables.
@@ -103,6 +145,17 @@ impl Reason {
             Reason::UnboundToken => "the token is not bound to the caller",
             Reason::UnsupportedBinding => "the token uses an unsupported confirmation method",
             Reason::DpopRequired => "the token is DPoP-bound and requires a DPoP proof",
+            Reason::DpopInvalid => "the DPoP proof is invalid",
+            Reason::DpopReplayed => "the DPoP proof has already been used",
+            Reason::DpopKeyMismatch => "the DPoP proof key is not the key the token is bound to",
+            Reason::DpopAthMismatch => "the DPoP proof is not bound to this access token",
+            Reason::DpopHtmMismatch => "the DPoP proof is for another HTTP method",
+            Reason::DpopHtuMismatch => "the DPoP proof is for another URI",
+            Reason::DpopIatOutOfWindow => "the DPoP proof is too old or too far in the future",
+            Reason::DpopNonceRequired => "Resource server requires nonce in DPoP proof",
+            Reason::DpopDowngrade => {
+                "the token is DPoP-bound and must be sent with the DPoP scheme"
+            }
         }
     }
 }

@@ -10,29 +10,70 @@ pub struct Reply {
     pub body: String,
 }
 
-/// The `WWW-Authenticate` challenge for a denial. A request with no token gets no error
-/// code (RFC 6750 §3.1); every other denial is `invalid_token` with a static description.
-pub fn www_authenticate(reason: Reason, realm: &str) -> String {
+/// How to challenge the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Challenge<'a> {
+    pub realm: &'a str,
+    /// The client used the DPoP scheme (RFC 9449 §7.1).
+    pub dpop_scheme: bool,
+    /// The `algs` parameter of a DPoP challenge.
+    pub dpop_algs: &'a str,
+}
+
+/// The RFC 6750 / RFC 9449 error code for a reason.
+pub fn error_code(reason: Reason) -> &'static str {
     match reason {
-        Reason::MissingToken => format!("Bearer realm=\"{realm}\""),
+        Reason::DpopNonceRequired => "use_dpop_nonce",
+        r if r.is_dpop_proof_problem() => "invalid_dpop_proof",
+        _ => "invalid_token",
+    }
+}
+
+/// The `WWW-Authenticate` challenge for a denial.
+///
+/// - No token: `Bearer realm=".."` and no error code (RFC 6750 §3.1).
+/// - A DPoP nonce is needed: `DPoP error="use_dpop_nonce", ..` (RFC 9449 §9).
+/// - A DPoP proof problem, a downgrade, or any failure of a request that used the DPoP scheme:
+///   `DPoP algs="..", error=.., error_description=..` (RFC 9449 §7.1).
+/// - Anything else: `Bearer realm="..", error="invalid_token", error_description=..`.
+pub fn www_authenticate(reason: Reason, challenge: &Challenge<'_>) -> String {
+    let description = reason.description();
+    match reason {
+        Reason::MissingToken => format!("Bearer realm=\"{}\"", challenge.realm),
+        Reason::DpopNonceRequired => {
+            format!("DPoP error=\"use_dpop_nonce\", error_description=\"{description}\"")
+        }
+        r if r.is_dpop_proof_problem() || r == Reason::DpopDowngrade || challenge.dpop_scheme => {
+            format!(
+                "DPoP algs=\"{}\", error=\"{}\", error_description=\"{description}\"",
+                challenge.dpop_algs,
+                error_code(r)
+            )
+        }
         _ => format!(
-            "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
-            reason.description()
+            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{description}\"",
+            challenge.realm
         ),
     }
 }
 
-/// The full 401 reply. The body names the reason and never echoes request data.
-pub fn unauthorized(reason: Reason, realm: &str) -> Reply {
+/// The full 401 reply. The body names the reason and never echoes request data. A fresh
+/// `DPoP-Nonce` rides along when the client must retry with one.
+pub fn unauthorized(reason: Reason, challenge: &Challenge<'_>, dpop_nonce: Option<&str>) -> Reply {
+    let mut headers = vec![
+        ("www-authenticate", www_authenticate(reason, challenge)),
+        ("content-type", "application/json".to_owned()),
+        ("cache-control", "no-store".to_owned()),
+    ];
+    if let Some(nonce) = dpop_nonce {
+        headers.push(("dpop-nonce", nonce.to_owned()));
+    }
     Reply {
         status: 401,
-        headers: vec![
-            ("www-authenticate", www_authenticate(reason, realm)),
-            ("content-type", "application/json".to_owned()),
-            ("cache-control", "no-store".to_owned()),
-        ],
+        headers,
         body: format!(
-            "{{\"error\":\"invalid_token\",\"reason\":\"{}\"}}",
+            "{{\"error\":\"{}\",\"reason\":\"{}\"}}",
+            error_code(reason),
             reason.as_str()
         ),
     }
@@ -42,18 +83,49 @@ pub fn unauthorized(reason: Reason, realm: &str) -> Reply {
 mod tests {
     use super::*;
 
+    const BEARER: Challenge<'static> = Challenge {
+        realm: "tokenbind",
+        dpop_scheme: false,
+        dpop_algs: "ES256 EdDSA",
+    };
+    const DPOP: Challenge<'static> = Challenge {
+        dpop_scheme: true,
+        ..BEARER
+    };
+
     #[test]
     fn missing_token_has_no_error_attribute() {
         assert_eq!(
-            www_authenticate(Reason::MissingToken, "tokenbind"),
+            www_authenticate(Reason::MissingToken, &BEARER),
             "Bearer realm=\"tokenbind\""
+        );
+    }
+
+    #[test]
+    fn dpop_challenges() {
+        assert_eq!(
+            www_authenticate(Reason::DpopReplayed, &BEARER),
+            "DPoP algs=\"ES256 EdDSA\", error=\"invalid_dpop_proof\", error_description=\"the DPoP proof has already been used\""
+        );
+        assert_eq!(
+            www_authenticate(Reason::DpopNonceRequired, &DPOP),
+            "DPoP error=\"use_dpop_nonce\", error_description=\"Resource server requires nonce in DPoP proof\""
+        );
+        assert!(www_authenticate(Reason::Expired, &DPOP)
+            .starts_with("DPoP algs=\"ES256 EdDSA\", error=\"invalid_token\""));
+        assert!(www_authenticate(Reason::DpopDowngrade, &BEARER).starts_with("DPoP algs="));
+        let reply = unauthorized(Reason::DpopNonceRequired, &DPOP, Some("abc"));
+        assert!(reply.headers.contains(&("dpop-nonce", "abc".to_owned())));
+        assert_eq!(
+            reply.body,
+            "{\"error\":\"use_dpop_nonce\",\"reason\":\"dpop_nonce_required\"}"
         );
     }
 
     #[test]
     fn other_reasons_are_invalid_token_with_description() {
         assert_eq!(
-            www_authenticate(Reason::SpiffeMismatch, "tokenbind"),
+            www_authenticate(Reason::SpiffeMismatch, &BEARER),
             "Bearer realm=\"tokenbind\", error=\"invalid_token\", error_description=\"the token is bound to a different workload\""
         );
     }
@@ -61,10 +133,10 @@ mod tests {
     #[test]
     fn body_is_json_with_reason() {
         for r in Reason::ALL {
-            let reply = unauthorized(r, "tokenbind");
+            let reply = unauthorized(r, &BEARER, None);
             assert_eq!(reply.status, 401);
             let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-            assert_eq!(v["error"], "invalid_token");
+            assert_eq!(v["error"], error_code(r));
             assert_eq!(v["reason"], r.as_str());
         }
     }

@@ -1,7 +1,12 @@
 //! Table-driven decisions through the engine: one case (at least) per denial reason, plus
 //! the allow paths, the cache and the modes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -10,17 +15,16 @@ use jwt_simple::prelude::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokenbind_core::metrics::Counter;
-use tokenbind_core::{CacheUse, Engine, Mode, Outcome, Peer, Reason, Request};
+use tokenbind_core::{CacheUse, Engine, MockHost, Mode, Outcome, Peer, Reason};
 
 fn decide(engine: &Engine, auth: &[&str], peer: &Peer, now: u64) -> tokenbind_core::Decision {
-    engine.decide(
-        &Request {
-            path: "/api/orders",
-            authorization: auth,
-        },
-        &mut || peer.clone(),
-        now,
-    )
+    let mut host = MockHost::new()
+        .with_header(":path", "/api/orders")
+        .with_peer(peer.clone());
+    for a in auth {
+        host = host.with_header("authorization", a);
+    }
+    engine.decide(&host, now)
 }
 
 fn bearer(token: &str) -> String {
@@ -391,7 +395,7 @@ fn every_reason_and_the_allow_paths() {
             want: Some(Reason::UnsupportedBinding),
         },
         Case {
-            name: "DPoP-bound token",
+            name: "DPoP-bound token sent as a bearer token",
             config: spiffe_on.clone(),
             token: token(
                 &keys,
@@ -399,7 +403,7 @@ fn every_reason_and_the_allow_paths() {
                 json!({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
             ),
             peer: client_peer(),
-            want: Some(Reason::DpopRequired),
+            want: Some(Reason::DpopDowngrade),
         },
     ];
     let mut failures = Vec::new();
@@ -491,25 +495,13 @@ fn exempt_paths_skip_everything() {
     let keys = Keys::new();
     let engine = engine(&keys, json!({}));
     for path in ["/healthz", "/healthz/ready", "/healthz?verbose=1"] {
-        let d = engine.decide(
-            &Request {
-                path,
-                authorization: &[],
-            },
-            &mut || panic!("peer read"),
-            now(),
-        );
+        let host = MockHost::new().with_header(":path", path);
+        let d = engine.decide(&host, now());
         assert_eq!(d.outcome, Outcome::Exempt, "{path}");
         assert_eq!(d.counters(Mode::Enforce), [None, Some(Counter::Exempt)]);
+        assert_eq!(host.peer_reads(), 0);
     }
-    let d = engine.decide(
-        &Request {
-            path: "/health",
-            authorization: &[],
-        },
-        &mut Peer::default,
-        now(),
-    );
+    let d = engine.decide(&MockHost::new().with_header(":path", "/health"), now());
     assert_eq!(d.denial().map(|d| d.reason), Some(Reason::MissingToken));
 }
 

@@ -10,7 +10,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 use tokenbind_core::metrics::{self, Counter};
-use tokenbind_core::{Config, Decision, Engine, Mode, Outcome, Peer, Request};
+use tokenbind_core::replay::ReplayStore;
+use tokenbind_core::{nonce, Config, Decision, Engine, Host, Mode, Outcome};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -94,6 +95,20 @@ impl RootContext for Root {
             config.require_binding,
             config.cache_max_entries
         );
+        // DPoP state shared by all workers: the replay buckets and the nonce key. Created at
+        // configuration time, before traffic, because shared data cannot create keys with CAS.
+        ReplayStore::prepare(&host::Envoy);
+        let mut fresh_key = [0u8; 32];
+        match getrandom::fill(&mut fresh_key) {
+            Ok(()) => nonce::ensure_key(&host::Envoy, &fresh_key),
+            Err(e) if config.dpop.require_nonce => {
+                log::error!("tokenbind: invalid configuration: dpop.require_nonce: no randomness for the nonce key ({e})");
+                return false;
+            }
+            Err(e) => log::warn!(
+                "tokenbind: no randomness for the DPoP nonce key ({e}); nonces unavailable"
+            ),
+        }
         self.shared = Some(Rc::new(Shared {
             engine: Engine::new(config),
             counters: Counters::define(),
@@ -117,23 +132,11 @@ struct Http {
 
 impl Context for Http {}
 
-fn text(bytes: &Option<Vec<u8>>) -> Option<&str> {
-    bytes.as_deref().and_then(|b| std::str::from_utf8(b).ok())
-}
-
-fn read_peer() -> Peer {
-    Peer::from_attributes(
-        host::property(&["connection", "mtls"]).as_deref(),
-        host::property(&["connection", "uri_san_peer_certificate"]).as_deref(),
-        host::property(&["connection", "sha256_peer_certificate_digest"]).as_deref(),
-    )
-}
-
 fn log_denial(decision: &Decision, mode: Mode) {
     let Some(denial) = decision.denial() else {
         return;
     };
-    let peer = decision.peer.clone().unwrap_or_else(read_peer);
+    let peer = decision.peer.clone().unwrap_or_else(|| host::Envoy.peer());
     let verb = match mode {
         Mode::Enforce => "denied",
         Mode::Monitor => "would deny (monitor mode)",
@@ -151,20 +154,7 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = &self.shared;
         let config = shared.engine.config();
-        let path_bytes = host::request_header(":path");
-        let authorization_bytes = host::request_header("authorization");
-        let authorization: Vec<&str> = match &authorization_bytes {
-            None => Vec::new(),
-            // A non-UTF-8 Authorization value cannot be a JWT; let the extractor refuse it.
-            Some(bytes) => vec![std::str::from_utf8(bytes).unwrap_or("\u{fffd}")],
-        };
-        let request = Request {
-            path: text(&path_bytes).unwrap_or("/"),
-            authorization: &authorization,
-        };
-        let decision = shared
-            .engine
-            .decide(&request, &mut read_peer, host::now_unix_seconds());
+        let decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
 
         for counter in decision.counters(config.mode).into_iter().flatten() {
             shared.counters.increment(counter);

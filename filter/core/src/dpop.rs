@@ -1,0 +1,252 @@
+//! DPoP proof verification at a resource server (RFC 9449 §4.3 and §7.1).
+//!
+//! Every check of §4.3 is here, in the RFC's order, each with its own reason. What this module
+//! does not do is replay detection: that needs shared data and lives in [`crate::replay`],
+//! run by the engine only after a proof has passed everything else, so that only proofs signed
+//! by the token's own key can ever occupy the replay store.
+
+use crate::config::DpopSettings;
+use crate::jwk::{self, Alg, PublicKey};
+use crate::jwt;
+use crate::nonce;
+use crate::reason::{Denial, Reason};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
+use subtle::ConstantTimeEq;
+
+/// Upper bound on a proof's `jti`, to keep replay bookkeeping small and predictable.
+const MAX_JTI_BYTES: usize = 256;
+
+/// The request-side inputs a proof is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofRequest<'a> {
+    /// `:method`.
+    pub method: &'a str,
+    /// The request URI, already normalised ([`crate::uri::normalize`]); `None` if it could not
+    /// be rebuilt, which fails the `htu` check.
+    pub uri: Option<&'a str>,
+    /// The access token exactly as presented (for `ath`).
+    pub access_token: &'a str,
+    /// The token's `cnf.jkt`.
+    pub jkt: &'a str,
+    pub now: u64,
+    /// The shared nonce key, when nonces are required.
+    pub nonce_key: Option<&'a [u8; 32]>,
+}
+
+/// A proof that passed every stateless check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedProof {
+    /// SHA-256 over the key thumbprint and `jti`: the replay-store identity of this proof.
+    pub replay_id: [u8; 32],
+    /// Until when the proof would be accepted, and so must be remembered.
+    pub expires_at: u64,
+}
+
+/// Parsed proof keys by RFC 7638 thumbprint, so a client's key is decoded once, not on every
+/// request. Bounded: the oldest entry goes first.
+#[derive(Debug)]
+pub struct ProofKeyCache {
+    max_entries: usize,
+    keys: HashMap<String, PublicKey>,
+    order: VecDeque<String>,
+}
+
+impl ProofKeyCache {
+    pub fn new(max_entries: usize) -> Self {
+        ProofKeyCache {
+            max_entries,
+            keys: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn get_or_parse(
+        &mut self,
+        thumbprint: &str,
+        jwk: &serde_json::Map<String, Value>,
+    ) -> Result<PublicKey, &'static str> {
+        if let Some(key) = self.keys.get(thumbprint) {
+            // The thumbprint covers every member the key is built from, so the cached key is
+            // exactly what parsing this jwk would produce; private members were refused
+            // before the thumbprint was trusted (see `verify`).
+            return Ok(key.clone());
+        }
+        let key = jwk::parse_public_jwk(jwk)?;
+        if self.max_entries > 0 {
+            while self.keys.len() >= self.max_entries {
+                match self.order.pop_front() {
+                    Some(old) => {
+                        self.keys.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            self.keys.insert(thumbprint.to_owned(), key.clone());
+            self.order.push_back(thumbprint.to_owned());
+        }
+        Ok(key)
+    }
+}
+
+const fn invalid(detail: &'static str) -> Denial {
+    Denial::new(Reason::DpopInvalid, detail)
+}
+
+/// `ath` (RFC 9449 §4.2): base64url(SHA-256(ASCII access token)).
+pub fn access_token_hash(access_token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()))
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// Verifies one DPoP proof (the single `DPoP` header value) for `req`.
+pub fn verify(
+    proof: &str,
+    req: &ProofRequest<'_>,
+    settings: &DpopSettings,
+    keys: &mut ProofKeyCache,
+) -> Result<VerifiedProof, Denial> {
+    if proof.len() > settings.max_proof_bytes {
+        return Err(invalid("DPoP proof exceeds dpop.max_proof_bytes"));
+    }
+    // 2. A well-formed JWT.
+    let jws = jwt::split(proof).map_err(|_| invalid("DPoP proof is not a compact JWS"))?;
+
+    // 4. typ is dpop+jwt.
+    let typ = jws.header.get("typ").and_then(Value::as_str);
+    if !typ.is_some_and(|t| t.eq_ignore_ascii_case("dpop+jwt")) {
+        return Err(invalid("DPoP proof typ is not dpop+jwt"));
+    }
+    // 5. alg: asymmetric, not none, on the allow-list.
+    let alg = jws
+        .header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(|a| Alg::parse(a).ok())
+        .filter(|a| settings.algorithms.contains(a))
+        .ok_or(invalid("DPoP proof alg is not accepted"))?;
+    // 7. jwk: a public key only.
+    let Some(Value::Object(jwk)) = jws.header.get("jwk") else {
+        return Err(invalid("DPoP proof has no jwk header"));
+    };
+    if jwk.keys().any(|m| {
+        matches!(
+            m.as_str(),
+            "d" | "p" | "q" | "dp" | "dq" | "qi" | "oth" | "k"
+        )
+    }) {
+        return Err(invalid("DPoP proof jwk carries private key members"));
+    }
+    let thumbprint = jwk::thumbprint(jwk).map_err(invalid)?;
+    let key = keys.get_or_parse(&thumbprint, jwk).map_err(invalid)?;
+    // 6. Signature, with that key.
+    if !key.supports(alg) {
+        return Err(invalid("DPoP proof alg does not fit its jwk"));
+    }
+    if !key.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
+        return Err(invalid("DPoP proof signature does not verify"));
+    }
+
+    // 3. Required claims.
+    let claims = &jws.claims;
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES)
+        .ok_or(invalid("DPoP proof has no usable jti"))?;
+    let htm = claims
+        .get("htm")
+        .and_then(Value::as_str)
+        .ok_or(invalid("DPoP proof has no htm"))?;
+    let htu = claims
+        .get("htu")
+        .and_then(Value::as_str)
+        .ok_or(invalid("DPoP proof has no htu"))?;
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_f64)
+        .filter(|f| f.is_finite() && *f >= 0.0)
+        .map(|f| f as u64)
+        .ok_or(invalid("DPoP proof has no numeric iat"))?;
+
+    // 8. htm.
+    if htm != req.method {
+        return Err(Denial::new(
+            Reason::DpopHtmMismatch,
+            "htm differs from the request method",
+        ));
+    }
+    // 9. htu, both sides normalised, query and fragment ignored.
+    let htu_ok = match (crate::uri::normalize(htu), req.uri) {
+        (Some(claimed), Some(actual)) => claimed == actual,
+        _ => false,
+    };
+    if !htu_ok {
+        return Err(Denial::new(
+            Reason::DpopHtuMismatch,
+            "htu differs from the request URI",
+        ));
+    }
+    // 10. nonce, when required.
+    if let Some(key) = req.nonce_key {
+        let fresh = claims
+            .get("nonce")
+            .and_then(Value::as_str)
+            .is_some_and(|n| nonce::is_valid(key, n, req.now, settings.nonce_lifetime_seconds));
+        if !fresh {
+            return Err(Denial::new(
+                Reason::DpopNonceRequired,
+                "nonce missing or stale",
+            ));
+        }
+    }
+    // 11. iat within the window.
+    let window = settings.iat_window_seconds;
+    if iat > req.now.saturating_add(window) || iat.saturating_add(window) < req.now {
+        return Err(Denial::new(
+            Reason::DpopIatOutOfWindow,
+            "iat is outside dpop.iat_window_seconds",
+        ));
+    }
+    // 12. ath.
+    let ath_ok = claims
+        .get("ath")
+        .and_then(Value::as_str)
+        .is_some_and(|ath| ct_eq(ath, &access_token_hash(req.access_token)));
+    if !ath_ok {
+        return Err(Denial::new(
+            Reason::DpopAthMismatch,
+            "ath is not the hash of the access token",
+        ));
+    }
+    // 12. The proof key is the key the token is bound to.
+    if !ct_eq(&thumbprint, req.jkt) {
+        return Err(Denial::new(
+            Reason::DpopKeyMismatch,
+            "proof key thumbprint differs from cnf.jkt",
+        ));
+    }
+
+    let mut id = Sha256::new();
+    id.update(thumbprint.as_bytes());
+    id.update([0u8]);
+    id.update(jti.as_bytes());
+    Ok(VerifiedProof {
+        replay_id: id.finalize().into(),
+        expires_at: iat.saturating_add(window).saturating_add(1),
+    })
+}
