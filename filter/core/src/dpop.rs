@@ -113,13 +113,21 @@ fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// Verifies one DPoP proof (the single `DPoP` header value) for `req`.
-pub fn verify(
+/// A proof whose form, type, algorithm, key and signature are valid (RFC 9449 §4.3 steps
+/// 2 and 4-7), with its claims not yet checked.
+#[derive(Debug, Clone)]
+pub struct SignedProof {
+    /// The RFC 7638 thumbprint of the proof's `jwk`.
+    pub thumbprint: String,
+    pub claims: serde_json::Map<String, Value>,
+}
+
+/// Checks a proof's form, `typ`, `alg`, `jwk` and signature.
+pub fn verify_signature(
     proof: &str,
-    req: &ProofRequest<'_>,
     settings: &DpopSettings,
     keys: &mut ProofKeyCache,
-) -> Result<VerifiedProof, Denial> {
+) -> Result<SignedProof, Denial> {
     if proof.len() > settings.max_proof_bytes {
         return Err(invalid("DPoP proof exceeds dpop.max_proof_bytes"));
     }
@@ -160,9 +168,24 @@ pub fn verify(
     if !key.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
         return Err(invalid("DPoP proof signature does not verify"));
     }
+    Ok(SignedProof {
+        thumbprint,
+        claims: jws.claims,
+    })
+}
+
+/// Verifies one DPoP proof (the single `DPoP` header value) for `req`: every check of
+/// RFC 9449 §4.3 except replay, in the RFC's order.
+pub fn verify(
+    proof: &str,
+    req: &ProofRequest<'_>,
+    settings: &DpopSettings,
+    keys: &mut ProofKeyCache,
+) -> Result<VerifiedProof, Denial> {
+    let SignedProof { thumbprint, claims } = verify_signature(proof, settings, keys)?;
 
     // 3. Required claims.
-    let claims = &jws.claims;
+    let claims = &claims;
     let jti = claims
         .get("jti")
         .and_then(Value::as_str)

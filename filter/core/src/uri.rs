@@ -66,6 +66,10 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+fn upper_hex(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).map_or('0', |c| c.to_ascii_uppercase())
+}
+
 /// Upper-cases percent-encoding hex digits and decodes percent-encoded unreserved characters.
 fn normalize_percent(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
@@ -80,8 +84,8 @@ fn normalize_percent(path: &str) -> Option<String> {
                 out.push(char::from(decoded));
             } else {
                 out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+                out.push(upper_hex(hi));
+                out.push(upper_hex(lo));
             }
             i += 3;
         } else {
