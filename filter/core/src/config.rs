@@ -2,6 +2,7 @@
 //! read-only by every request. Every error names the offending field by its JSON path.
 
 use crate::jwk::{Alg, AlgError, KeySet};
+use crate::remote::{self, RemoteJwks};
 use crate::spiffe::validate_trust_domain;
 use serde::Deserialize;
 use serde_json::Value;
@@ -150,9 +151,47 @@ struct RawProvider {
     #[serde(default)]
     jwks_file: Option<String>,
     #[serde(default)]
+    remote_jwks: Option<RawRemoteJwks>,
+    #[serde(default)]
     algorithms: Option<Vec<String>>,
     #[serde(default = "default_skew")]
     clock_skew_seconds: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    cluster: String,
+    #[serde(default)]
+    uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default = "default_cache_duration")]
+    cache_duration_seconds: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_jitter")]
+    jitter_percent: u64,
+    #[serde(default = "default_refetch_interval")]
+    refetch_unknown_kid_min_interval_seconds: u64,
+    #[serde(default = "default_max_body")]
+    max_body_bytes: usize,
+}
+
+fn default_cache_duration() -> u64 {
+    remote::DEFAULT_CACHE_DURATION_SECONDS
+}
+fn default_timeout_ms() -> u64 {
+    remote::DEFAULT_TIMEOUT_MS
+}
+fn default_jitter() -> u64 {
+    remote::DEFAULT_JITTER_PERCENT
+}
+fn default_refetch_interval() -> u64 {
+    remote::DEFAULT_REFETCH_MIN_INTERVAL_SECONDS
+}
+fn default_max_body() -> usize {
+    remote::DEFAULT_MAX_BODY_BYTES
 }
 
 #[derive(Deserialize)]
@@ -200,13 +239,32 @@ fn default_cache_entries() -> usize {
 
 // ---- The compiled, ready-to-use shape. ----
 
+/// Where a provider's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Inline `jwks` or `jwks_file`, parsed at configuration time.
+    Static(KeySet),
+    /// `remote_jwks`: fetched through an Envoy cluster and shared by all workers.
+    Remote(RemoteJwks),
+}
+
+impl KeySource {
+    /// The static key set, if the keys are not remote.
+    pub fn static_keys(&self) -> Option<&KeySet> {
+        match self {
+            KeySource::Static(k) => Some(k),
+            KeySource::Remote(_) => None,
+        }
+    }
+}
+
 /// One token issuer and how its tokens are verified.
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
-    pub keys: KeySet,
+    pub keys: KeySource,
     pub algorithms: Vec<Alg>,
     pub clock_skew_seconds: u64,
 }
@@ -446,58 +504,39 @@ fn compile_provider(
         &format!("{at}.algorithms"),
         &DEFAULT_ALGORITHMS,
     )?;
-    let (keys, field) = match (p.jwks, p.jwks_file) {
-        (Some(_), Some(_)) => {
-            return Err(config_err(
-                format!("{at}.jwks"),
-                "set exactly one of jwks and jwks_file, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(config_err(
-                format!("{at}.jwks"),
-                "missing; set exactly one of jwks and jwks_file",
-            ))
-        }
-        (Some(Value::String(text)), None) => (KeySet::from_json(&text), format!("{at}.jwks")),
-        (Some(value), None) => (KeySet::from_value(&value), format!("{at}.jwks")),
-        (None, Some(path)) => {
-            let field = format!("{at}.jwks_file");
-            let text = read_file(&path)
-                .map_err(|e| config_err(field.as_str(), format!("cannot read {path:?}: {e}")))?;
-            (KeySet::from_json(&text), field)
-        }
-    };
-    let keys = keys.map_err(|e| {
-        let field = if e.path.is_empty() {
-            field.clone()
-        } else {
-            format!("{field}.{}", e.path)
-        };
-        config_err(field, e.message)
-    })?;
-    if !keys
-        .keys()
-        .iter()
-        .any(|k| algorithms.iter().any(|a| k.accepts(*a)))
-    {
-        let skipped: Vec<String> = keys
-            .skipped
-            .iter()
-            .map(|s| format!("keys[{}] {}", s.index, s.why))
-            .collect();
+    let sources = usize::from(p.jwks.is_some())
+        + usize::from(p.jwks_file.is_some())
+        + usize::from(p.remote_jwks.is_some());
+    if sources != 1 {
         return Err(config_err(
-            field,
-            if skipped.is_empty() {
-                "has no key usable with the allowed algorithms".to_owned()
+            format!("{at}.jwks"),
+            if sources == 0 {
+                "missing; set exactly one of jwks, jwks_file and remote_jwks"
             } else {
-                format!(
-                    "has no key usable with the allowed algorithms (skipped: {})",
-                    skipped.join("; ")
-                )
+                "set exactly one of jwks, jwks_file and remote_jwks, not several"
             },
         ));
     }
+    let keys = match (p.jwks, p.jwks_file, p.remote_jwks) {
+        (Some(Value::String(text)), _, _) => {
+            static_keys(KeySet::from_json(&text), format!("{at}.jwks"), &algorithms)?
+        }
+        (Some(value), _, _) => static_keys(
+            KeySet::from_value(&value),
+            format!("{at}.jwks"),
+            &algorithms,
+        )?,
+        (None, Some(path), _) => {
+            let field = format!("{at}.jwks_file");
+            let text = read_file(&path)
+                .map_err(|e| config_err(field.as_str(), format!("cannot read {path:?}: {e}")))?;
+            static_keys(KeySet::from_json(&text), field, &algorithms)?
+        }
+        (None, None, Some(r)) => {
+            KeySource::Remote(compile_remote(r, &p.issuer, &format!("{at}.remote_jwks"))?)
+        }
+        (None, None, None) => return Err(config_err(format!("{at}.jwks"), "missing")),
+    };
     Ok(Provider {
         name: p.name,
         issuer: p.issuer,
@@ -583,5 +622,109 @@ fn compile_dpop(d: RawDpop) -> Result<DpopSettings, ConfigError> {
         trust_forwarded_proto: d.trust_forwarded_proto,
         replay_max_entries: d.replay_cache.max_entries,
         max_proof_bytes: d.max_proof_bytes,
+    })
+}
+
+fn static_keys(
+    parsed: Result<KeySet, crate::jwk::JwksError>,
+    field: String,
+    algorithms: &[Alg],
+) -> Result<KeySource, ConfigError> {
+    let keys = parsed.map_err(|e| {
+        let field = if e.path.is_empty() {
+            field.clone()
+        } else {
+            format!("{field}.{}", e.path)
+        };
+        config_err(field, e.message)
+    })?;
+    if !keys
+        .keys()
+        .iter()
+        .any(|k| algorithms.iter().any(|a| k.accepts(*a)))
+    {
+        let skipped: Vec<String> = keys
+            .skipped
+            .iter()
+            .map(|s| format!("keys[{}] {}", s.index, s.why))
+            .collect();
+        return Err(config_err(
+            field,
+            if skipped.is_empty() {
+                "has no key usable with the allowed algorithms".to_owned()
+            } else {
+                format!(
+                    "has no key usable with the allowed algorithms (skipped: {})",
+                    skipped.join("; ")
+                )
+            },
+        ));
+    }
+    Ok(KeySource::Static(keys))
+}
+
+fn compile_remote(r: RawRemoteJwks, issuer: &str, at: &str) -> Result<RemoteJwks, ConfigError> {
+    if r.cluster.is_empty() {
+        return Err(config_err(
+            format!("{at}.cluster"),
+            "must name an Envoy cluster",
+        ));
+    }
+    let uri = match (&r.uri, r.discovery) {
+        (Some(u), _) => u.as_str(),
+        (None, true) => issuer,
+        (None, false) => {
+            return Err(config_err(
+                format!("{at}.uri"),
+                "missing; give the JWKS URI, or set discovery: true to find it from the issuer",
+            ))
+        }
+    };
+    let Some((authority, path)) = remote::split_uri(uri) else {
+        return Err(config_err(
+            format!("{at}.uri"),
+            format!("{uri:?} is not an absolute http(s) URI"),
+        ));
+    };
+    if !(1..=86_400 * 7).contains(&r.cache_duration_seconds) {
+        return Err(config_err(
+            format!("{at}.cache_duration_seconds"),
+            "must be between 1 and 604800",
+        ));
+    }
+    if !(100..=60_000).contains(&r.timeout_ms) {
+        return Err(config_err(
+            format!("{at}.timeout_ms"),
+            "must be between 100 and 60000",
+        ));
+    }
+    if r.jitter_percent > 50 {
+        return Err(config_err(
+            format!("{at}.jitter_percent"),
+            "must be at most 50",
+        ));
+    }
+    if r.refetch_unknown_kid_min_interval_seconds > 86_400 {
+        return Err(config_err(
+            format!("{at}.refetch_unknown_kid_min_interval_seconds"),
+            "must be at most 86400",
+        ));
+    }
+    if !(1024..=4 * 1024 * 1024).contains(&r.max_body_bytes) {
+        return Err(config_err(
+            format!("{at}.max_body_bytes"),
+            "must be between 1024 and 4194304",
+        ));
+    }
+    Ok(RemoteJwks {
+        cluster: r.cluster,
+        authority,
+        path,
+        discovery: r.discovery,
+        cache_duration_seconds: r.cache_duration_seconds,
+        timeout_ms: r.timeout_ms,
+        jitter_percent: r.jitter_percent,
+        refetch_min_interval_seconds: r.refetch_unknown_kid_min_interval_seconds,
+        max_body_bytes: r.max_body_bytes,
     })
 }

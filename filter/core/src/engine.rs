@@ -7,6 +7,7 @@ use crate::config::{Config, Mode};
 use crate::dpop::{self, ProofKeyCache, ProofRequest};
 use crate::extract::{self, Scheme};
 use crate::host::Host;
+use crate::jwk::KeySet;
 use crate::jwt::{self, TokenFacts};
 use crate::metrics::Counter;
 use crate::nonce;
@@ -54,6 +55,8 @@ pub struct Decision {
     pub token_hash: Option<TokenHash>,
     /// A fresh DPoP nonce to send with a `use_dpop_nonce` challenge.
     pub dpop_nonce: Option<String>,
+    /// The provider the token was routed to by `iss`, when it got that far.
+    pub provider: Option<usize>,
 }
 
 impl Decision {
@@ -67,6 +70,7 @@ impl Decision {
             peer: None,
             token_hash: None,
             dpop_nonce: None,
+            provider: None,
         }
     }
 
@@ -124,10 +128,12 @@ impl Decision {
     }
 }
 
-/// The per-VM decision engine: validated config plus the per-VM caches.
+/// The per-VM decision engine: validated config plus the per-VM caches and key sets.
 #[derive(Debug)]
 pub struct Engine {
     config: Config,
+    /// Each provider's current keys; `None` until a remote provider's first fetch lands.
+    key_sets: RefCell<Vec<Option<Rc<KeySet>>>>,
     cache: RefCell<TokenCache>,
     proof_keys: RefCell<ProofKeyCache>,
     replay: ReplayStore,
@@ -137,7 +143,13 @@ impl Engine {
     pub fn new(config: Config) -> Self {
         let cache = RefCell::new(TokenCache::new(config.cache_max_entries));
         let replay = ReplayStore::new(config.dpop.replay_max_entries);
+        let key_sets = config
+            .providers
+            .iter()
+            .map(|p| p.keys.static_keys().map(|k| Rc::new(k.clone())))
+            .collect();
         Engine {
+            key_sets: RefCell::new(key_sets),
             config,
             cache,
             proof_keys: RefCell::new(ProofKeyCache::new(PROOF_KEY_CACHE_ENTRIES)),
@@ -147,6 +159,22 @@ impl Engine {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Installs a provider's (newly fetched) keys. Tokens already verified stay cached until
+    /// they expire.
+    pub fn install_keys(&self, provider: usize, keys: KeySet) {
+        if let Some(slot) = self.key_sets.borrow_mut().get_mut(provider) {
+            *slot = Some(Rc::new(keys));
+        }
+    }
+
+    /// Whether a provider has keys to verify with.
+    pub fn has_keys(&self, provider: usize) -> bool {
+        self.key_sets
+            .borrow()
+            .get(provider)
+            .is_some_and(Option::is_some)
     }
 
     pub fn cache_len(&self) -> usize {
@@ -182,14 +210,19 @@ impl Engine {
             }
             None => {
                 decision.cache = CacheUse::Miss;
-                match jwt::verify(credential.token, &self.config, now) {
+                let verified = {
+                    let key_sets = self.key_sets.borrow();
+                    jwt::verify(credential.token, &self.config, &key_sets, now)
+                };
+                match verified {
                     Ok(facts) => {
                         let facts = Rc::new(facts);
                         self.cache.borrow_mut().insert(hash, Rc::clone(&facts), now);
                         facts
                     }
-                    Err(d) => {
-                        decision.outcome = Outcome::Deny(d);
+                    Err(e) => {
+                        decision.outcome = Outcome::Deny(e.denial);
+                        decision.provider = e.provider;
                         return decision;
                     }
                 }
@@ -212,6 +245,7 @@ impl Engine {
             Err(d) => decision.outcome = Outcome::Deny(d),
         }
         decision.dpop_nonce = nonce_to_send;
+        decision.provider = Some(facts.provider);
         decision.peer = Some(peer);
         decision.facts = Some(facts);
         decision

@@ -3,12 +3,14 @@
 //! small set of verified facts that the binding checks need, which is what gets cached.
 
 use crate::config::{Config, Provider, SpiffeBinding};
+use crate::jwk::KeySet;
 use crate::jwk::{Alg, AlgError};
 use crate::reason::{Denial, Reason};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
+use std::rc::Rc;
 
 /// What the token says about SPIFFE binding, resolved once at verification time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,8 +202,45 @@ fn select_provider<'c>(
         .ok_or(deny(Reason::UnknownIssuer, "no provider has this issuer"))
 }
 
+/// A verification failure: the reason, and the provider the token was routed to (if it got
+/// that far), so the caller can react per provider (for example refetch remote keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyError {
+    pub denial: Denial,
+    pub provider: Option<usize>,
+}
+
+impl From<Denial> for VerifyError {
+    fn from(denial: Denial) -> Self {
+        VerifyError {
+            denial,
+            provider: None,
+        }
+    }
+}
+
 /// Verifies `token` against the configured providers at time `now` (Unix seconds).
-pub fn verify(token: &str, config: &Config, now: u64) -> Result<TokenFacts, Denial> {
+/// `key_sets[i]` holds provider `i`'s current keys (`None`: remote keys not fetched yet).
+pub fn verify(
+    token: &str,
+    config: &Config,
+    key_sets: &[Option<Rc<KeySet>>],
+    now: u64,
+) -> Result<TokenFacts, VerifyError> {
+    let mut routed = None;
+    verify_routed(token, config, key_sets, now, &mut routed).map_err(|denial| VerifyError {
+        denial,
+        provider: routed,
+    })
+}
+
+fn verify_routed(
+    token: &str,
+    config: &Config,
+    key_sets: &[Option<Rc<KeySet>>],
+    now: u64,
+    routed: &mut Option<usize>,
+) -> Result<TokenFacts, Denial> {
     let jws = split(token)?;
 
     // Header: algorithm first, so `none` and HMAC never reach key selection.
@@ -245,13 +284,20 @@ pub fn verify(token: &str, config: &Config, now: u64) -> Result<TokenFacts, Deni
     };
 
     let (provider_index, provider) = select_provider(config, &jws.claims)?;
+    *routed = Some(provider_index);
     if !provider.algorithms.contains(&alg) {
         return Err(deny(
             Reason::UnsupportedAlgorithm,
             "alg is not on the provider's allow-list",
         ));
     }
-    let mut candidates = provider.keys.candidates(kid, alg).peekable();
+    let Some(Some(keys)) = key_sets.get(provider_index) else {
+        return Err(deny(
+            Reason::JwksUnavailable,
+            "the provider's keys have not been fetched",
+        ));
+    };
+    let mut candidates = keys.candidates(kid, alg).peekable();
     if candidates.peek().is_none() {
         return Err(deny(
             Reason::UnknownKey,

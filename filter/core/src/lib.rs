@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod nonce;
 pub mod peer;
 pub mod reason;
+pub mod remote;
 pub mod replay;
 pub mod response;
 pub mod spiffe;

@@ -10,11 +10,14 @@ pub enum Counter {
     Exempt,
     CacheHit,
     CacheMiss,
+    JwksFetchSuccess,
+    JwksFetchFailed,
+    JwksRefetchUnknownKid,
     Denied(Reason),
     WouldDeny(Reason),
 }
 
-const FIXED: usize = 4;
+const FIXED: usize = 7;
 const REASONS: usize = Reason::ALL.len();
 /// Number of counters.
 pub const COUNT: usize = FIXED + 2 * REASONS;
@@ -27,6 +30,9 @@ impl Counter {
             Counter::Exempt,
             Counter::CacheHit,
             Counter::CacheMiss,
+            Counter::JwksFetchSuccess,
+            Counter::JwksFetchFailed,
+            Counter::JwksRefetchUnknownKid,
         ]
         .into_iter()
         .chain(Reason::ALL.into_iter().map(Counter::Denied))
@@ -39,6 +45,9 @@ impl Counter {
             Counter::Exempt => 1,
             Counter::CacheHit => 2,
             Counter::CacheMiss => 3,
+            Counter::JwksFetchSuccess => 4,
+            Counter::JwksFetchFailed => 5,
+            Counter::JwksRefetchUnknownKid => 6,
             Counter::Denied(r) => FIXED + r.index(),
             Counter::WouldDeny(r) => FIXED + REASONS + r.index(),
         }
@@ -51,6 +60,9 @@ impl Counter {
             Counter::Exempt => "tokenbind.exempt".to_owned(),
             Counter::CacheHit => "tokenbind.cache.hit".to_owned(),
             Counter::CacheMiss => "tokenbind.cache.miss".to_owned(),
+            Counter::JwksFetchSuccess => "tokenbind.jwks.fetch_success".to_owned(),
+            Counter::JwksFetchFailed => "tokenbind.jwks.fetch_failed".to_owned(),
+            Counter::JwksRefetchUnknownKid => "tokenbind.jwks.refetch_unknown_kid".to_owned(),
             Counter::Denied(r) => format!("tokenbind.denied.{}", r.as_str()),
             Counter::WouldDeny(r) => format!("tokenbind.monitor.would_deny.{}", r.as_str()),
         }

@@ -32,11 +32,12 @@ pub enum Reason {
     DpopIatOutOfWindow,
     DpopNonceRequired,
     DpopDowngrade,
+    JwksUnavailable,
 }
 
 impl Reason {
     /// Every reason, in declaration order. Used to pre-define one counter per reason.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::TokenTooLarge,
@@ -64,6 +65,7 @@ impl Reason {
         Reason::DpopIatOutOfWindow,
         Reason::DpopNonceRequired,
         Reason::DpopDowngrade,
+        Reason::JwksUnavailable,
     ];
 
     /// The stable snake_case name.
@@ -96,6 +98,7 @@ impl Reason {
             Reason::DpopIatOutOfWindow => "dpop_iat_out_of_window",
             Reason::DpopNonceRequired => "dpop_nonce_required",
             Reason::DpopDowngrade => "dpop_downgrade",
+            Reason::JwksUnavailable => "jwks_unavailable",
         }
     }
 
@@ -156,6 +159,7 @@ impl Reason {
             Reason::DpopDowngrade => {
                 "the token is DPoP-bound and must be sent with the DPoP scheme"
             }
+            Reason::JwksUnavailable => "the token issuer keys are not available",
         }
     }
 }

@@ -54,7 +54,7 @@ fn defaults() {
     assert_eq!(c.realm, "tokenbind");
     assert_eq!(c.providers[0].algorithms.len(), 9);
     assert_eq!(c.providers[0].clock_skew_seconds, 60);
-    assert_eq!(c.providers[0].keys.len(), 3);
+    assert_eq!(c.providers[0].keys.static_keys().unwrap().len(), 3);
 }
 
 #[test]
@@ -76,13 +76,13 @@ fn jwks_as_a_json_string_and_from_a_file() {
         json!({"jwks": keys.jwks().to_string()}),
     ))
     .unwrap();
-    assert_eq!(c.providers[0].keys.len(), 3);
+    assert_eq!(c.providers[0].keys.static_keys().unwrap().len(), 3);
     let c = parse(&with_provider(
         &keys,
         json!({"jwks": null, "jwks_file": "/etc/tokenbind/jwks.json"}),
     ))
     .unwrap();
-    assert_eq!(c.providers[0].keys.len(), 3);
+    assert_eq!(c.providers[0].keys.static_keys().unwrap().len(), 3);
 }
 
 #[test]
@@ -314,12 +314,101 @@ fn skipped_keys_are_reported_not_fatal() {
     list.push(json!({"kty": "EC", "crv": "P-256", "d": "AA", "x": "AA", "y": "AA"}));
     list.push(json!({"kty": "XYZ"}));
     let c = parse(&with_provider(&keys, json!({"jwks": jwks}))).unwrap();
-    assert_eq!(c.providers[0].keys.len(), 3);
+    assert_eq!(c.providers[0].keys.static_keys().unwrap().len(), 3);
     let whys: Vec<usize> = c.providers[0]
         .keys
+        .static_keys()
+        .unwrap()
         .skipped
         .iter()
         .map(|s| s.index)
         .collect();
     assert_eq!(whys, vec![3, 4, 5, 6]);
+}
+
+#[test]
+fn remote_jwks() {
+    let keys = Keys::new();
+    let c = parse(&with_provider(
+        &keys,
+        json!({"jwks": null, "remote_jwks": {"cluster": "issuer", "uri": "https://issuer.example/.well-known/jwks.json"}}),
+    ))
+    .unwrap();
+    let tokenbind_core::config::KeySource::Remote(r) = &c.providers[0].keys else {
+        panic!("not remote");
+    };
+    assert_eq!(
+        (r.authority.as_str(), r.path.as_str()),
+        ("issuer.example", "/.well-known/jwks.json")
+    );
+    assert_eq!(
+        (
+            r.cache_duration_seconds,
+            r.timeout_ms,
+            r.jitter_percent,
+            r.refetch_min_interval_seconds
+        ),
+        (600, 2000, 10, 30)
+    );
+    // Discovery defaults the URI to the issuer.
+    let c = parse(&with_provider(
+        &keys,
+        json!({"jwks": null, "remote_jwks": {"cluster": "issuer", "discovery": true}}),
+    ))
+    .unwrap();
+    let tokenbind_core::config::KeySource::Remote(r) = &c.providers[0].keys else {
+        panic!("not remote");
+    };
+    assert!(r.discovery);
+    assert_eq!(r.authority, "issuer.example");
+
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"remote_jwks": {"cluster": "issuer", "uri": "https://i/j"}}),
+            "providers[0].jwks",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"uri": "https://i/j"}}),
+            "providers[0].remote_jwks",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "", "uri": "https://i/j"}}),
+            "providers[0].remote_jwks.cluster",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c"}}),
+            "providers[0].remote_jwks.uri",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c", "uri": "/jwks"}}),
+            "providers[0].remote_jwks.uri",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c", "uri": "https://i/j", "timeout_ms": 5}}),
+            "providers[0].remote_jwks.timeout_ms",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c", "uri": "https://i/j", "jitter_percent": 90}}),
+            "providers[0].remote_jwks.jitter_percent",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c", "uri": "https://i/j", "cache_duration_seconds": 0}}),
+            "providers[0].remote_jwks.cache_duration_seconds",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c", "uri": "https://i/j", "max_body_bytes": 10}}),
+            "providers[0].remote_jwks.max_body_bytes",
+        ),
+        (
+            json!({"jwks": null, "remote_jwks": {"cluster": "c", "uri": "https://i/j", "refresh": 1}}),
+            "providers[0].remote_jwks.refresh",
+        ),
+    ];
+    for (provider, want) in bad {
+        assert_eq!(
+            field_of(with_provider(&keys, provider.clone())),
+            want,
+            "{provider}"
+        );
+    }
 }

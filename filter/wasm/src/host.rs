@@ -92,3 +92,79 @@ pub fn increment(id: u32) {
 pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
     hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_ok()
 }
+
+/// Unix time in milliseconds from the host clock (0 if unavailable).
+pub fn now_unix_millis() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub fn define_gauge(name: &str) -> Result<u32, Status> {
+    hostcalls::define_metric(MetricType::Gauge, name)
+}
+
+pub fn set_gauge(id: u32, value: u64) {
+    let _ = hostcalls::record_metric(id, value);
+}
+
+/// Dispatches a GET through an Envoy cluster; returns the call token.
+pub fn http_get(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            (":scheme", "https"),
+            ("accept", "application/json"),
+            ("user-agent", "tokenbind"),
+        ],
+        None,
+        vec![],
+        std::time::Duration::from_millis(timeout_ms),
+    )
+}
+
+/// A header of the HTTP call response being delivered, as text (lossy).
+pub fn call_response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The body of the HTTP call response being delivered.
+pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+/// Makes `context_id` the context subsequent host calls act on. False if it is gone.
+pub fn set_effective_context(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
+}
+
+pub fn resume_request() {
+    let _ = hostcalls::resume_http_request();
+}
+
+pub fn set_tick_period_ms(ms: u64) {
+    let _ = hostcalls::set_tick_period(std::time::Duration::from_millis(ms));
+}
+
+/// A uniformly random number in [0, 1) from WASI randomness (0.5 if unavailable).
+pub fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    }
+}

@@ -1,22 +1,31 @@
 //! tokenbind as a proxy-wasm filter: a thin shell over `tokenbind-core`.
 //!
-//! The root context parses and validates the configuration once and defines the counters;
-//! each HTTP context reads the few request inputs, asks the engine for a decision, counts it,
-//! logs it, and answers 401 in enforce mode. No decision logic lives here.
+//! The root context parses and validates the configuration once, defines the counters and runs
+//! the remote-JWKS timer; each HTTP context asks the engine for a decision, counts it, logs it,
+//! and answers 401 in enforce mode. No decision logic lives here.
 
+mod fetch;
 mod host;
 
+use fetch::{Events, Fetcher, Pending};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::cell::RefCell;
 use std::rc::Rc;
 use tokenbind_core::metrics::{self, Counter};
 use tokenbind_core::replay::ReplayStore;
-use tokenbind_core::{nonce, Config, Decision, Engine, Host, Mode, Outcome};
+use tokenbind_core::{nonce, Config, Decision, Engine, Host, Mode, Reason};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, shared: None })
+    });
 }}
+
+/// Timer period while keys are missing, a fetch is under way or requests wait, and otherwise.
+const FAST_TICK_MS: u64 = 100;
+const SLOW_TICK_MS: u64 = 1_000;
 
 /// Counter ids, indexed by [`Counter::index`].
 struct Counters(Vec<Option<u32>>);
@@ -45,21 +54,160 @@ impl Counters {
     }
 }
 
+/// Everything a VM's contexts share: built once per configuration.
 struct Shared {
     engine: Engine,
     counters: Counters,
+    fetcher: RefCell<Fetcher>,
 }
 
-#[derive(Default)]
+impl Shared {
+    fn count(&self, events: &Events) {
+        for c in &events.counters {
+            self.counters.increment(*c);
+        }
+    }
+
+    /// Counts, logs and answers a final decision. Returns whether the request may continue.
+    fn act(&self, decision: &Decision) -> bool {
+        let config = self.engine.config();
+        for counter in decision.counters(config.mode).into_iter().flatten() {
+            self.counters.increment(counter);
+        }
+        let Some(denial) = decision.denial() else {
+            return true;
+        };
+        let peer = decision.peer.clone().unwrap_or_else(|| host::Envoy.peer());
+        let verb = match config.mode {
+            Mode::Enforce => "denied",
+            Mode::Monitor => "would deny (monitor mode)",
+        };
+        log::warn!(
+            "tokenbind: {verb}: reason={} detail=\"{}\" peer={} token_sha256={}",
+            denial.reason,
+            denial.detail,
+            peer.spiffe_id().unwrap_or("-"),
+            decision.token_tag().as_deref().unwrap_or("-"),
+        );
+        match decision.reply(config) {
+            None => true,
+            Some(reply) => {
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                if !host::send_reply(reply.status, &headers, reply.body.as_bytes()) {
+                    log::error!("tokenbind: host refused the 401 reply");
+                }
+                false
+            }
+        }
+    }
+
+    /// Whether a decision should wait for keys instead of being final: the token's provider is
+    /// remote and either has no keys yet, or does not know the `kid` and a refetch is granted
+    /// or already under way.
+    fn should_wait(&self, decision: &Decision, now_ms: u64) -> Option<usize> {
+        let denial = decision.denial()?;
+        let provider = decision.provider?;
+        let fetcher = self.fetcher.borrow();
+        if !fetcher.is_remote(provider) {
+            return None;
+        }
+        match denial.reason {
+            Reason::JwksUnavailable => Some(provider),
+            Reason::UnknownKey => {
+                if fetcher.grant_kid_refetch(provider, now_ms / 1000) {
+                    self.counters.increment(Counter::JwksRefetchUnknownKid);
+                    drop(fetcher);
+                    let mut events = Events::default();
+                    self.fetcher
+                        .borrow_mut()
+                        .dispatch_due(now_ms, Some(provider), &mut events);
+                    self.count(&events);
+                    Some(provider)
+                } else if fetcher.fetching(provider, now_ms) {
+                    Some(provider)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Decides the held requests that can be decided now, each in its own context, then
+    /// returns the host to `current_context`.
+    fn release(&self, settled: &[usize], now_ms: u64, current_context: u32) {
+        let ready = self.fetcher.borrow().take_ready(settled, now_ms);
+        if ready.is_empty() {
+            return;
+        }
+        for p in ready {
+            if !host::set_effective_context(p.context_id) {
+                continue;
+            }
+            let decision = self.engine.decide(&host::Envoy, host::now_unix_seconds());
+            if self.act(&decision) {
+                host::resume_request();
+            }
+        }
+        host::set_effective_context(current_context);
+    }
+
+    /// Sync keys, dispatch due fetches, release waiting requests.
+    fn tick(&self, current_context: u32) {
+        let now_ms = host::now_unix_millis();
+        let mut events = Events::default();
+        {
+            let mut fetcher = self.fetcher.borrow_mut();
+            fetcher.sync(&self.engine, &mut events);
+            fetcher.dispatch_due(now_ms, None, &mut events);
+        }
+        self.count(&events);
+        self.release(&events.settled, now_ms, current_context);
+        let busy = self.fetcher.borrow().busy(&self.engine);
+        host::set_tick_period_ms(if busy { FAST_TICK_MS } else { SLOW_TICK_MS });
+    }
+
+    fn on_call_response(&self, token: u32, body_size: usize, current_context: u32) {
+        let now_ms = host::now_unix_millis();
+        let mut events = Events::default();
+        {
+            let mut fetcher = self.fetcher.borrow_mut();
+            if !fetcher.on_response(token, body_size, now_ms, &mut events) {
+                return;
+            }
+            fetcher.sync(&self.engine, &mut events);
+        }
+        self.count(&events);
+        self.release(&events.settled, now_ms, current_context);
+    }
+}
+
 struct Root {
+    context_id: u32,
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(shared) = &self.shared {
+            shared.on_call_response(token, body_size, self.context_id);
+        }
+    }
+}
 
 fn read_file(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| {
-        format!("{e} (Envoy's Wasm sandbox may not expose files; inline the key set with \"jwks\" instead)")
+        format!("{e} (Envoy's Wasm sandbox does not expose files; use \"jwks\" or \"remote_jwks\" instead)")
     })
 }
 
@@ -77,7 +225,12 @@ impl RootContext for Root {
             }
         };
         for p in &config.providers {
-            for s in &p.keys.skipped {
+            for s in p
+                .keys
+                .static_keys()
+                .map(|k| k.skipped.as_slice())
+                .unwrap_or_default()
+            {
                 log::warn!(
                     "tokenbind: provider {}: JWKS keys[{}] (kid {:?}) skipped: {}",
                     p.name,
@@ -87,14 +240,6 @@ impl RootContext for Root {
                 );
             }
         }
-        log::info!(
-            "tokenbind: configured: mode={} providers={} spiffe_binding={} require_binding={} cache.max_entries={}",
-            config.mode.as_str(),
-            config.providers.len(),
-            config.spiffe.is_some(),
-            config.require_binding,
-            config.cache_max_entries
-        );
         // DPoP state shared by all workers: the replay buckets and the nonce key. Created at
         // configuration time, before traffic, because shared data cannot create keys with CAS.
         ReplayStore::prepare(&host::Envoy);
@@ -109,16 +254,44 @@ impl RootContext for Root {
                 "tokenbind: no randomness for the DPoP nonce key ({e}); nonces unavailable"
             ),
         }
-        self.shared = Some(Rc::new(Shared {
-            engine: Engine::new(config),
+        log::info!(
+            "tokenbind: configured: mode={} providers={} spiffe_binding={} require_binding={} cache.max_entries={}",
+            config.mode.as_str(),
+            config.providers.len(),
+            config.spiffe.is_some(),
+            config.require_binding,
+            config.cache_max_entries
+        );
+        let engine = Engine::new(config);
+        let fetcher = Fetcher::new(&engine);
+        let remote = fetcher.has_work();
+        let shared = Rc::new(Shared {
+            engine,
             counters: Counters::define(),
-        }));
+            fetcher: RefCell::new(fetcher),
+        });
+        if remote {
+            // Keys another VM already fetched are used at once; the first tick fetches if none.
+            let mut events = Events::default();
+            shared
+                .fetcher
+                .borrow_mut()
+                .sync(&shared.engine, &mut events);
+            host::set_tick_period_ms(FAST_TICK_MS);
+        }
+        self.shared = Some(shared);
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.tick(self.context_id);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = Rc::clone(self.shared.as_ref()?);
-        Some(Box::new(Http { shared }))
+        Some(Box::new(Http { context_id, shared }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -127,59 +300,69 @@ impl RootContext for Root {
 }
 
 struct Http {
+    context_id: u32,
     shared: Rc<Shared>,
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        self.shared
+            .on_call_response(token, body_size, self.context_id);
+    }
 
-fn log_denial(decision: &Decision, mode: Mode) {
-    let Some(denial) = decision.denial() else {
-        return;
-    };
-    let peer = decision.peer.clone().unwrap_or_else(|| host::Envoy.peer());
-    let verb = match mode {
-        Mode::Enforce => "denied",
-        Mode::Monitor => "would deny (monitor mode)",
-    };
-    log::warn!(
-        "tokenbind: {verb}: reason={} detail=\"{}\" peer={} token_sha256={}",
-        denial.reason,
-        denial.detail,
-        peer.spiffe_id().unwrap_or("-"),
-        decision.token_tag().as_deref().unwrap_or("-"),
-    );
+    fn on_done(&mut self) -> bool {
+        self.shared.fetcher.borrow().forget(self.context_id);
+        true
+    }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = &self.shared;
-        let config = shared.engine.config();
         let decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
-
-        for counter in decision.counters(config.mode).into_iter().flatten() {
-            shared.counters.increment(counter);
-        }
-        match &decision.outcome {
-            Outcome::Exempt | Outcome::Allow => Action::Continue,
-            Outcome::Deny(_) => {
-                log_denial(&decision, config.mode);
-                match decision.reply(config) {
-                    None => Action::Continue,
-                    Some(reply) => {
-                        let headers: Vec<(&str, &str)> = reply
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (*k, v.as_str()))
-                            .collect();
-                        if host::send_reply(reply.status, &headers, reply.body.as_bytes()) {
-                            Action::Pause
-                        } else {
-                            log::error!("tokenbind: host refused the 401 reply");
-                            Action::Pause
-                        }
-                    }
+        let now_ms = host::now_unix_millis();
+        if let Some(provider) = shared.should_wait(&decision, now_ms) {
+            let timeout = shared
+                .engine
+                .config()
+                .providers
+                .get(provider)
+                .and_then(|p| match &p.keys {
+                    tokenbind_core::config::KeySource::Remote(r) => Some(r.timeout_ms),
+                    tokenbind_core::config::KeySource::Static(_) => None,
+                })
+                .unwrap_or(0);
+            let held = shared.fetcher.borrow().hold(Pending {
+                context_id: self.context_id,
+                provider,
+                deadline_ms: now_ms + timeout,
+            });
+            if held {
+                if let Reason::JwksUnavailable =
+                    decision.denial().map_or(Reason::MissingToken, |d| d.reason)
+                {
+                    // Start the first fetch now rather than at the next tick.
+                    let mut events = Events::default();
+                    shared
+                        .fetcher
+                        .borrow_mut()
+                        .dispatch_due(now_ms, None, &mut events);
+                    shared.count(&events);
                 }
+                host::set_tick_period_ms(FAST_TICK_MS);
+                return Action::Pause;
             }
+        }
+        if shared.act(&decision) {
+            Action::Continue
+        } else {
+            Action::Pause
         }
     }
 }
