@@ -94,6 +94,10 @@ struct RawConfig {
     realm: String,
     #[serde(default)]
     dpop: Option<RawDpop>,
+    #[serde(default)]
+    trusted_forwarders: Vec<String>,
+    #[serde(default = "default_true")]
+    emit_filter_state: bool,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +335,10 @@ pub struct Config {
     pub max_token_bytes: usize,
     pub realm: String,
     pub dpop: DpopSettings,
+    /// SPIFFE IDs of peers (ingress gateways) whose `x-forwarded-client-cert` is trusted.
+    pub trusted_forwarders: Vec<String>,
+    /// Write the decision to Envoy filter state (`wasm.tokenbind.*`) for access logs.
+    pub emit_filter_state: bool,
 }
 
 /// Reads a file named by the configuration (`jwks_file`). The Wasm adapter and tests
@@ -452,12 +460,18 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
         ));
     }
 
+    for (i, id) in raw.trusted_forwarders.iter().enumerate() {
+        crate::spiffe::SpiffeId::parse(id)
+            .map_err(|e| config_err(format!("trusted_forwarders[{i}]"), e.message()))?;
+    }
     let dpop = match raw.dpop {
         None => DpopSettings::default(),
         Some(d) => compile_dpop(d)?,
     };
 
     Ok(Config {
+        trusted_forwarders: raw.trusted_forwarders,
+        emit_filter_state: raw.emit_filter_state,
         dpop,
         mode: raw.mode,
         providers,

@@ -31,6 +31,19 @@ pub enum Outcome {
     Deny(Denial),
 }
 
+/// What the filter did with `x-forwarded-client-cert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Xfcc {
+    /// Not present (or not looked at).
+    Absent,
+    /// From a trusted forwarder: its client stood in for the peer.
+    Used,
+    /// From a peer that is not a trusted forwarder: ignored.
+    Untrusted,
+    /// From a trusted forwarder but malformed or naming no certificate: no peer certificate.
+    Invalid,
+}
+
 /// Whether the verified-token cache answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
@@ -57,6 +70,9 @@ pub struct Decision {
     pub dpop_nonce: Option<String>,
     /// The provider the token was routed to by `iss`, when it got that far.
     pub provider: Option<usize>,
+    pub xfcc: Xfcc,
+    /// The trusted forwarder's SPIFFE ID, when its XFCC was used.
+    pub forwarded_by: Option<String>,
 }
 
 impl Decision {
@@ -71,6 +87,8 @@ impl Decision {
             token_hash: None,
             dpop_nonce: None,
             provider: None,
+            xfcc: Xfcc::Absent,
+            forwarded_by: None,
         }
     }
 
@@ -82,7 +100,7 @@ impl Decision {
     }
 
     /// The counters this decision increments under `mode`.
-    pub fn counters(&self, mode: Mode) -> [Option<Counter>; 2] {
+    pub fn counters(&self, mode: Mode) -> [Option<Counter>; 3] {
         let cache = match self.cache {
             CacheUse::Hit => Some(Counter::CacheHit),
             CacheUse::Miss => Some(Counter::CacheMiss),
@@ -94,7 +112,23 @@ impl Decision {
             (Outcome::Deny(d), Mode::Enforce) => Counter::Denied(d.reason),
             (Outcome::Deny(d), Mode::Monitor) => Counter::WouldDeny(d.reason),
         };
-        [cache, Some(verdict)]
+        let xfcc = match self.xfcc {
+            Xfcc::Absent => None,
+            Xfcc::Used => Some(Counter::XfccUsed),
+            Xfcc::Untrusted => Some(Counter::XfccUntrusted),
+            Xfcc::Invalid => Some(Counter::XfccInvalid),
+        };
+        [cache, Some(verdict), xfcc]
+    }
+
+    /// The decision as a word for logs and filter state.
+    pub fn verdict(&self, mode: Mode) -> &'static str {
+        match (&self.outcome, mode) {
+            (Outcome::Exempt, _) => "exempt",
+            (Outcome::Allow, _) => "allow",
+            (Outcome::Deny(_), Mode::Enforce) => "deny",
+            (Outcome::Deny(_), Mode::Monitor) => "would_deny",
+        }
     }
 
     /// The local reply to send, if any: only an enforce-mode denial answers.
@@ -229,7 +263,7 @@ impl Engine {
             }
         };
 
-        let peer = host.peer();
+        let peer = self.effective_peer(host, host.peer(), &mut decision);
         let mut nonce_to_send = None;
         let mut check_dpop = |jkt: &str| {
             self.check_dpop(host, &path, credential.token, jkt, now, &mut nonce_to_send)
@@ -249,6 +283,37 @@ impl Engine {
         decision.peer = Some(peer);
         decision.facts = Some(facts);
         decision
+    }
+
+    /// The caller whose identity the bindings check: the mTLS peer, or, when the peer is a
+    /// trusted forwarder that sent `x-forwarded-client-cert`, the client it forwarded.
+    fn effective_peer(&self, host: &dyn Host, peer: Peer, decision: &mut Decision) -> Peer {
+        use crate::xfcc::{forwarded_client, Forwarded};
+        let Some(xfcc) = host.request_header("x-forwarded-client-cert") else {
+            return peer;
+        };
+        let forwarded = forwarded_client(&xfcc, &peer);
+        if forwarded == Forwarded::Nothing {
+            return peer;
+        }
+        let trusted = peer
+            .spiffe_id()
+            .is_some_and(|id| self.config.trusted_forwarders.iter().any(|t| t == id));
+        if !trusted {
+            decision.xfcc = Xfcc::Untrusted;
+            return peer;
+        }
+        decision.forwarded_by = peer.spiffe_id().map(str::to_owned);
+        match forwarded {
+            Forwarded::Client(client) => {
+                decision.xfcc = Xfcc::Used;
+                client
+            }
+            Forwarded::Invalid | Forwarded::Nothing => {
+                decision.xfcc = Xfcc::Invalid;
+                Peer::default()
+            }
+        }
     }
 
     /// RFC 9449 §7.1: the request's single DPoP proof must be valid for this request, this

@@ -28,9 +28,10 @@ pub mod replay;
 pub mod response;
 pub mod spiffe;
 pub mod uri;
+pub mod xfcc;
 
 pub use config::{Config, ConfigError, Mode};
-pub use engine::{CacheUse, Decision, Engine, Outcome};
+pub use engine::{CacheUse, Decision, Engine, Outcome, Xfcc};
 pub use host::{Host, MockHost, SharedData, SharedError};
 pub use peer::Peer;
 pub use reason::{Denial, Reason};

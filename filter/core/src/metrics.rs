@@ -13,11 +13,14 @@ pub enum Counter {
     JwksFetchSuccess,
     JwksFetchFailed,
     JwksRefetchUnknownKid,
+    XfccUsed,
+    XfccUntrusted,
+    XfccInvalid,
     Denied(Reason),
     WouldDeny(Reason),
 }
 
-const FIXED: usize = 7;
+const FIXED: usize = 10;
 const REASONS: usize = Reason::ALL.len();
 /// Number of counters.
 pub const COUNT: usize = FIXED + 2 * REASONS;
@@ -33,6 +36,9 @@ impl Counter {
             Counter::JwksFetchSuccess,
             Counter::JwksFetchFailed,
             Counter::JwksRefetchUnknownKid,
+            Counter::XfccUsed,
+            Counter::XfccUntrusted,
+            Counter::XfccInvalid,
         ]
         .into_iter()
         .chain(Reason::ALL.into_iter().map(Counter::Denied))
@@ -48,6 +54,9 @@ impl Counter {
             Counter::JwksFetchSuccess => 4,
             Counter::JwksFetchFailed => 5,
             Counter::JwksRefetchUnknownKid => 6,
+            Counter::XfccUsed => 7,
+            Counter::XfccUntrusted => 8,
+            Counter::XfccInvalid => 9,
             Counter::Denied(r) => FIXED + r.index(),
             Counter::WouldDeny(r) => FIXED + REASONS + r.index(),
         }
@@ -63,6 +72,9 @@ impl Counter {
             Counter::JwksFetchSuccess => "tokenbind.jwks.fetch_success".to_owned(),
             Counter::JwksFetchFailed => "tokenbind.jwks.fetch_failed".to_owned(),
             Counter::JwksRefetchUnknownKid => "tokenbind.jwks.refetch_unknown_kid".to_owned(),
+            Counter::XfccUsed => "tokenbind.xfcc.used".to_owned(),
+            Counter::XfccUntrusted => "tokenbind.xfcc.untrusted".to_owned(),
+            Counter::XfccInvalid => "tokenbind.xfcc.invalid".to_owned(),
             Counter::Denied(r) => format!("tokenbind.denied.{}", r.as_str()),
             Counter::WouldDeny(r) => format!("tokenbind.monitor.would_deny.{}", r.as_str()),
         }

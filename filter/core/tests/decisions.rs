@@ -498,7 +498,10 @@ fn exempt_paths_skip_everything() {
         let host = MockHost::new().with_header(":path", path);
         let d = engine.decide(&host, now());
         assert_eq!(d.outcome, Outcome::Exempt, "{path}");
-        assert_eq!(d.counters(Mode::Enforce), [None, Some(Counter::Exempt)]);
+        assert_eq!(
+            d.counters(Mode::Enforce),
+            [None, Some(Counter::Exempt), None]
+        );
         assert_eq!(host.peer_reads(), 0);
     }
     let d = engine.decide(&MockHost::new().with_header(":path", "/health"), now());
@@ -590,7 +593,8 @@ fn modes_pick_the_counter_and_the_reply() {
         d.counters(Mode::Enforce),
         [
             Some(Counter::CacheMiss),
-            Some(Counter::Denied(Reason::SpiffeMismatch))
+            Some(Counter::Denied(Reason::SpiffeMismatch)),
+            None
         ]
     );
     let reply = d.reply(enforce.config()).unwrap();
@@ -603,14 +607,15 @@ fn modes_pick_the_counter_and_the_reply() {
         d.counters(Mode::Monitor),
         [
             Some(Counter::CacheMiss),
-            Some(Counter::WouldDeny(Reason::SpiffeMismatch))
+            Some(Counter::WouldDeny(Reason::SpiffeMismatch)),
+            None
         ]
     );
     assert!(d.reply(monitor.config()).is_none());
     let ok = decide(&monitor, &[&auth], &client_peer(), now());
     assert_eq!(
         ok.counters(Mode::Monitor),
-        [Some(Counter::CacheHit), Some(Counter::Allowed)]
+        [Some(Counter::CacheHit), Some(Counter::Allowed), None]
     );
 }
 
@@ -624,4 +629,71 @@ fn token_tag_is_a_short_hash_not_the_token() {
     let tag = d.token_tag().unwrap();
     assert_eq!(tag.len(), 12);
     assert!(!t.contains(&tag));
+}
+
+const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/ingressgateway";
+
+fn via_gateway(
+    engine: &Engine,
+    token: &str,
+    xfcc: Option<&str>,
+    from: Peer,
+) -> tokenbind_core::Decision {
+    let mut host = MockHost::new()
+        .with_header(":path", "/api/orders")
+        .with_header("authorization", &bearer(token))
+        .with_peer(from);
+    if let Some(x) = xfcc {
+        host = host.with_header("x-forwarded-client-cert", x);
+    }
+    engine.decide(&host, now())
+}
+
+#[test]
+fn xfcc_from_a_trusted_forwarder_stands_in_for_the_peer() {
+    let keys = Keys::new();
+    let engine = engine(&keys, json!({"trusted_forwarders": [GATEWAY]}));
+    let t = token(
+        &keys,
+        Signer::ES256,
+        json!({"cnf": {"x5t#S256": CLIENT_CERT_X5T_S256}}),
+    );
+    let gateway = peer(GATEWAY, ATTACKER_CERT_SHA256_HEX);
+    let client_xfcc = format!("By={GATEWAY};Hash={CLIENT_CERT_SHA256_HEX};URI={CLIENT}");
+    // Through the gateway, the client's own identity and certificate are what is checked.
+    let d = via_gateway(&engine, &t, Some(&client_xfcc), gateway.clone());
+    assert_eq!(d.outcome, Outcome::Allow, "{:?}", d.denial());
+    assert_eq!(d.xfcc, tokenbind_core::Xfcc::Used);
+    assert_eq!(d.forwarded_by.as_deref(), Some(GATEWAY));
+    assert_eq!(d.counters(Mode::Enforce)[2], Some(Counter::XfccUsed));
+    // The gateway forwarding the attacker's connection: the attacker's identity is checked.
+    let attacker_xfcc = format!("By={GATEWAY};Hash={ATTACKER_CERT_SHA256_HEX};URI={ATTACKER}");
+    let d = via_gateway(&engine, &t, Some(&attacker_xfcc), gateway.clone());
+    assert_eq!(
+        d.denial().map(|d| d.reason),
+        Some(Reason::ThumbprintMismatch)
+    );
+    // Malformed XFCC from the trusted gateway: no client certificate (fail closed).
+    let d = via_gateway(&engine, &t, Some("garbage"), gateway);
+    assert_eq!(
+        d.denial().map(|d| d.reason),
+        Some(Reason::NoPeerCertificate)
+    );
+    assert_eq!(d.xfcc, tokenbind_core::Xfcc::Invalid);
+}
+
+#[test]
+fn xfcc_from_anyone_else_is_ignored_and_counted() {
+    let keys = Keys::new();
+    let engine = engine(&keys, json!({"trusted_forwarders": [GATEWAY]}));
+    let t = token(&keys, Signer::ES256, json!({}));
+    // The attacker claims, via XFCC, to be forwarding the client. Ignored: it is the peer.
+    let forged = format!("By={GATEWAY};Hash={CLIENT_CERT_SHA256_HEX};URI={CLIENT}");
+    let d = via_gateway(&engine, &t, Some(&forged), attacker_peer());
+    assert_eq!(d.denial().map(|d| d.reason), Some(Reason::SpiffeMismatch));
+    assert_eq!(d.xfcc, tokenbind_core::Xfcc::Untrusted);
+    assert_eq!(d.counters(Mode::Enforce)[2], Some(Counter::XfccUntrusted));
+    // The real client with a stray XFCC is still itself.
+    let d = via_gateway(&engine, &t, Some(&forged), client_peer());
+    assert_eq!(d.outcome, Outcome::Allow);
 }

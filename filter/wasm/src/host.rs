@@ -168,3 +168,23 @@ pub fn random_unit() -> f64 {
         Err(_) => 0.5,
     }
 }
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+}
+
+/// Sets Envoy filter state `wasm.<name>` (readable by access logs as
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`). Calls the ABI directly: the SDK's wrapper panics on
+/// any status but Ok, and a missing stream must not abort the VM.
+pub fn set_filter_state(name: &str, value: &str) {
+    // SAFETY: both pointers come from live slices whose lengths are passed alongside; the host
+    // copies the bytes before returning and keeps no reference to them.
+    let _status =
+        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+}

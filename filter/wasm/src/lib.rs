@@ -68,16 +68,56 @@ impl Shared {
         }
     }
 
-    /// Counts, logs and answers a final decision. Returns whether the request may continue.
+    /// Writes the decision to filter state (`wasm.tokenbind.*`) for access logs and other
+    /// filters. Envoy's Wasm ABI cannot write dynamic metadata, so filter state is the channel.
+    fn record(&self, decision: &Decision, peer: Option<&tokenbind_core::Peer>) {
+        let config = self.engine.config();
+        if !config.emit_filter_state {
+            return;
+        }
+        if decision.outcome == tokenbind_core::Outcome::Exempt {
+            host::set_filter_state("tokenbind.decision", "exempt");
+            return;
+        }
+        let facts = decision.facts.as_deref();
+        let fields = [
+            ("tokenbind.decision", decision.verdict(config.mode)),
+            (
+                "tokenbind.reason",
+                decision.denial().map_or("-", |d| d.reason.as_str()),
+            ),
+            (
+                "tokenbind.peer",
+                peer.and_then(|p| p.spiffe_id()).unwrap_or("-"),
+            ),
+            ("tokenbind.iss", facts.map_or("-", |f| f.issuer.as_str())),
+            (
+                "tokenbind.sub",
+                facts.and_then(|f| f.subject.as_deref()).unwrap_or("-"),
+            ),
+            ("tokenbind.binding", decision.bindings.kind()),
+        ];
+        for (name, value) in fields {
+            host::set_filter_state(name, value);
+        }
+        if let Some(gw) = &decision.forwarded_by {
+            host::set_filter_state("tokenbind.forwarded_by", gw);
+        }
+    }
+
+    /// Counts, records, logs and answers a final decision. Returns whether the request may
+    /// continue.
     fn act(&self, decision: &Decision) -> bool {
         let config = self.engine.config();
         for counter in decision.counters(config.mode).into_iter().flatten() {
             self.counters.increment(counter);
         }
         let Some(denial) = decision.denial() else {
+            self.record(decision, decision.peer.as_ref());
             return true;
         };
         let peer = decision.peer.clone().unwrap_or_else(|| host::Envoy.peer());
+        self.record(decision, Some(&peer));
         let verb = match config.mode {
             Mode::Enforce => "denied",
             Mode::Monitor => "would deny (monitor mode)",
