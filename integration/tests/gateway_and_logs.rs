@@ -190,6 +190,12 @@ fn the_decision_reaches_the_access_log_through_filter_state() {
     let log_path = log_dir.path().join("access.log");
     // The format from envoy/access-log.yaml.
     let format = include_str!("../../envoy/access-log-format.txt").trim_end();
+    // The documented snippet carries the same format (YAML-escaped), so it cannot drift.
+    let snippet = include_str!("../../envoy/access-log.yaml");
+    assert!(
+        snippet.contains(&format.replace('"', "\\\"")),
+        "envoy/access-log.yaml and envoy/access-log-format.txt disagree"
+    );
     bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["access_log"] = json!([{
         "name": "envoy.access_loggers.file",
