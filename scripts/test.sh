@@ -15,6 +15,11 @@ say "clippy (native, and the wasm adapter for wasm32-wasip1); unwrap/expect/pani
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy -p tokenbind-filter --target wasm32-wasip1 --quiet -- -D warnings
 
+say "core tests compiled to wasm32-wasip1 and run inside V8 (Node), the engine Envoy embeds"
+command -v node >/dev/null || { echo "node (>= 20) is required to run the core tests in V8" >&2; exit 1; }
+CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs" \
+  cargo test -p tokenbind-core --target wasm32-wasip1
+
 say "unit and integration tests (integration tests start real Envoy $(.venv/bin/envoy --version | grep -o '/1\.[0-9.]*/' | tr -d /))"
 export ENVOY_BIN="$PWD/.venv/bin/envoy"
 export TOKENBIND_WASM="$PWD/target/wasm32-wasip1/release/tokenbind.wasm"
