@@ -345,7 +345,9 @@ impl Engine {
             }
         };
         let method = host.request_header(":method").unwrap_or_default();
-        let scheme = settings
+        // The scheme the client used: from x-forwarded-proto only when trusted; otherwise from
+        // the connection itself (TLS or not), falling back to :scheme if the proxy cannot tell.
+        let forwarded = settings
             .trust_forwarded_proto
             .then(|| host.request_header("x-forwarded-proto"))
             .flatten()
@@ -355,9 +357,13 @@ impl Engine {
                     .unwrap_or("")
                     .trim()
                     .to_ascii_lowercase()
-            })
-            .or_else(|| host.request_header(":scheme"))
-            .unwrap_or_default();
+            });
+        let scheme = match (forwarded, host.downstream_tls()) {
+            (Some(p), _) => p,
+            (None, Some(true)) => "https".to_owned(),
+            (None, Some(false)) => "http".to_owned(),
+            (None, None) => host.request_header(":scheme").unwrap_or_default(),
+        };
         let authority = host.request_header(":authority").unwrap_or_default();
         let request_uri = uri::normalize(&uri::request_uri(&scheme, &authority, path));
 

@@ -32,6 +32,10 @@ pub trait Host: SharedData {
     fn request_header_values(&self, name: &str) -> Vec<String>;
     /// The downstream TLS peer.
     fn peer(&self) -> Peer;
+    /// Whether the downstream connection is TLS, if the proxy can tell. DPoP rebuilds `htu`
+    /// with the scheme the client really used: Envoy derives `:scheme` for HTTP/1 from a
+    /// client-supplied `x-forwarded-proto` unless `use_remote_address` is set.
+    fn downstream_tls(&self) -> Option<bool>;
 }
 
 /// An in-memory [`SharedData`] with Envoy's CAS semantics, for tests and benchmarks.
@@ -92,6 +96,7 @@ pub struct MockHost {
     peer: Peer,
     pub shared: MemorySharedData,
     peer_reads: Cell<u32>,
+    tls: Option<bool>,
 }
 
 impl MockHost {
@@ -120,6 +125,12 @@ impl MockHost {
 
     pub fn with_peer(mut self, peer: Peer) -> Self {
         self.peer = peer;
+        self
+    }
+
+    /// Whether the downstream connection is TLS (default: unknown).
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -164,5 +175,9 @@ impl Host for MockHost {
     fn peer(&self) -> Peer {
         self.peer_reads.set(self.peer_reads.get() + 1);
         self.peer.clone()
+    }
+
+    fn downstream_tls(&self) -> Option<bool> {
+        self.tls
     }
 }

@@ -56,7 +56,8 @@ impl Alg {
             "PS256" => Alg::PS256,
             "PS384" => Alg::PS384,
             "PS512" => Alg::PS512,
-            "EdDSA" => Alg::EdDSA,
+            // RFC 9864's fully-specified name for EdDSA with Ed25519 (used by e.g. panva/dpop).
+            "EdDSA" | "Ed25519" => Alg::EdDSA,
             _ if s.eq_ignore_ascii_case("none") || s.starts_with("HS") => {
                 return Err(AlgError::Forbidden)
             }

@@ -241,6 +241,9 @@ impl Host for Sidecar<'_> {
     fn peer(&self) -> Peer {
         self.inner.peer()
     }
+    fn downstream_tls(&self) -> Option<bool> {
+        self.inner.downstream_tls()
+    }
 }
 
 fn request<'s>(
@@ -561,6 +564,7 @@ fn forwarded_proto_only_when_trusted() {
     let host = |proof: &str| {
         let mut r = request(&shared, "DPoP", &s.token, &[proof]);
         r.inner = std::mem::take(&mut r.inner)
+            .with_tls(false)
             .with_header(":scheme", "http")
             .with_header("x-forwarded-proto", "https");
         r
@@ -627,4 +631,43 @@ fn proof_keys_are_parsed_once_and_the_cache_is_bounded() {
         assert_eq!(d.outcome, Outcome::Allow);
     }
     assert_eq!(engine.proof_keys_len(), 1024);
+}
+
+#[test]
+fn scheme_comes_from_the_connection_not_a_client_header() {
+    // Envoy sets :scheme for HTTP/1 from a client's x-forwarded-proto unless use_remote_address
+    // is on. On a TLS connection the client used https, whatever that header says.
+    let s = setup(ProofKey::es256("client"));
+    let shared = sidecar_state();
+    let engine = engine(&s.keys, json!({}));
+    let host = |proof: &str| {
+        let mut r = request(&shared, "DPoP", &s.token, &[proof]);
+        r.inner = std::mem::take(&mut r.inner)
+            .with_tls(true)
+            .with_header(":scheme", "http")
+            .with_header("x-forwarded-proto", "http");
+        r
+    };
+    let http = s.key.proof(
+        &s.token,
+        json!({}),
+        json!({"htu": "http://orders.mesh.local/api/orders"}),
+    );
+    assert_eq!(
+        reason(&engine.decide(&host(&http), now())),
+        Some(Reason::DpopHtuMismatch)
+    );
+    let https = s.key.proof(&s.token, json!({}), json!({}));
+    assert_eq!(engine.decide(&host(&https), now()).outcome, Outcome::Allow);
+}
+
+#[test]
+fn ed25519_is_accepted_as_the_fully_specified_name_of_eddsa() {
+    // RFC 9864 names EdDSA-with-Ed25519 "Ed25519"; panva/dpop 2.x emits it.
+    let s = setup(ProofKey::ed25519("client"));
+    let engine = engine(&s.keys, json!({}));
+    let shared = sidecar_state();
+    let proof = s.key.proof(&s.token, json!({"alg": "Ed25519"}), json!({}));
+    let d = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+    assert_eq!(d.outcome, Outcome::Allow, "{:?}", d.denial());
 }

@@ -1,10 +1,10 @@
-//! The narrow host interface: the few proxy-wasm host calls the filter makes, each turning a
-//! host status into an `Option`/`Result` instead of the SDK's panicking convenience methods
-//! (which `unwrap` and would, for example, abort the VM on a non-UTF-8 header value).
+//! The narrow host interface: the proxy-wasm host calls the filter makes. Request-path calls go
+//! through [`crate::abi`], which turns every host status into a value; the few start-up-only
+//! calls use the SDK.
 
+use crate::abi;
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
-use std::time::UNIX_EPOCH;
+use proxy_wasm::types::{BufferType, MetricType, Status};
 use tokenbind_core::{Host, Peer, SharedData, SharedError};
 
 /// The proxy, as the decision engine sees it. Host calls are global in proxy-wasm, so this
@@ -13,63 +13,55 @@ pub struct Envoy;
 
 impl SharedData for Envoy {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Some((value, cas)),
-            Ok((Some(value), None)) => Some((value, 0)),
-            _ => None,
-        }
+        abi::shared_get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
-            Status::CasMismatch => SharedError::CasMismatch,
-            _ => SharedError::Other,
-        })
+        match abi::shared_set(key, value, cas) {
+            abi::OK => Ok(()),
+            abi::CAS_MISMATCH => Err(SharedError::CasMismatch),
+            _ => Err(SharedError::Other),
+        }
     }
 }
 
 impl Host for Envoy {
     fn request_header(&self, name: &str) -> Option<String> {
         // Non-UTF-8 bytes become U+FFFD, which no token, proof or URI check accepts.
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        abi::header_value(abi::HTTP_REQUEST_HEADERS, name)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn request_header_values(&self, name: &str) -> Vec<String> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .map(|headers| {
-                headers
-                    .into_iter()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        abi::header_pairs(abi::HTTP_REQUEST_HEADERS)
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+            .collect()
     }
 
     fn peer(&self) -> Peer {
         Peer::from_attributes(
-            property(&["connection", "mtls"]).as_deref(),
-            property(&["connection", "uri_san_peer_certificate"]).as_deref(),
-            property(&["connection", "sha256_peer_certificate_digest"]).as_deref(),
+            abi::property(&["connection", "mtls"]).as_deref(),
+            abi::property(&["connection", "uri_san_peer_certificate"]).as_deref(),
+            abi::property(&["connection", "sha256_peer_certificate_digest"]).as_deref(),
         )
     }
-}
 
-/// An Envoy attribute (`connection.mtls`, ...), or `None` when absent or unreadable.
-pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    fn downstream_tls(&self) -> Option<bool> {
+        Some(abi::property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()))
+    }
 }
 
 /// Current Unix time in seconds from the host clock; 0 only if the host cannot tell,
 /// which makes every token look expired (fail closed).
 pub fn now_unix_seconds() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs())
+    abi::now_nanos().map_or(0, |n| n / 1_000_000_000)
+}
+
+/// Unix time in milliseconds from the host clock (0 if unavailable).
+pub fn now_unix_millis() -> u64 {
+    abi::now_nanos().map_or(0, |n| n / 1_000_000)
 }
 
 /// The plugin configuration bytes.
@@ -83,30 +75,27 @@ pub fn define_counter(name: &str) -> Result<u32, Status> {
     hostcalls::define_metric(MetricType::Counter, name)
 }
 
-pub fn increment(id: u32) {
-    // A failed increment must never fail the request.
-    let _ = hostcalls::increment_metric(id, 1);
-}
-
-/// Sends a local reply. Returns false if the host refused.
-pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-    hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_ok()
-}
-
-/// Unix time in milliseconds from the host clock (0 if unavailable).
-pub fn now_unix_millis() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 pub fn define_gauge(name: &str) -> Result<u32, Status> {
     hostcalls::define_metric(MetricType::Gauge, name)
 }
 
+pub fn increment(id: u32) {
+    abi::increment_metric(id, 1);
+}
+
 pub fn set_gauge(id: u32, value: u64) {
-    let _ = hostcalls::record_metric(id, value);
+    abi::record_metric(id, value);
+}
+
+/// Sends a local reply. Returns false if the host refused.
+pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    abi::send_local_response(status, headers, body)
+}
+
+/// Sets Envoy filter state `wasm.<name>` (readable by access logs as
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`).
+pub fn set_filter_state(name: &str, value: &str) {
+    abi::set_property(name, value);
 }
 
 /// Dispatches a GET through an Envoy cluster; returns the call token.
@@ -134,9 +123,7 @@ pub fn http_get(
 
 /// A header of the HTTP call response being delivered, as text (lossy).
 pub fn call_response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
-        .ok()
-        .flatten()
+    abi::header_value(abi::HTTP_CALL_RESPONSE_HEADERS, name)
         .map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
@@ -153,7 +140,7 @@ pub fn set_effective_context(context_id: u32) -> bool {
 }
 
 pub fn resume_request() {
-    let _ = hostcalls::resume_http_request();
+    abi::continue_request();
 }
 
 pub fn set_tick_period_ms(ms: u64) {
@@ -167,24 +154,4 @@ pub fn random_unit() -> f64 {
         Ok(()) => (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64,
         Err(_) => 0.5,
     }
-}
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_set_property(
-        path_data: *const u8,
-        path_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-    ) -> u32;
-}
-
-/// Sets Envoy filter state `wasm.<name>` (readable by access logs as
-/// `%FILTER_STATE(wasm.<name>:PLAIN)%`). Calls the ABI directly: the SDK's wrapper panics on
-/// any status but Ok, and a missing stream must not abort the VM.
-pub fn set_filter_state(name: &str, value: &str) {
-    // SAFETY: both pointers come from live slices whose lengths are passed alongside; the host
-    // copies the bytes before returning and keeps no reference to them.
-    let _status =
-        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
 }

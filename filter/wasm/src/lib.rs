@@ -4,6 +4,7 @@
 //! the remote-JWKS timer; each HTTP context asks the engine for a decision, counts it, logs it,
 //! and answers 401 in enforce mode. No decision logic lives here.
 
+mod abi;
 mod fetch;
 mod host;
 
