@@ -175,20 +175,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Response, ClientError> {
-        let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
-        for (k, v) in headers {
-            raw.push_str(k);
-            raw.push_str(": ");
-            raw.push_str(v);
-            raw.push_str("\r\n");
-        }
-        if !body.is_empty() {
-            raw.push_str(&format!("content-length: {}\r\n", body.len()));
-        }
-        raw.push_str("connection: close\r\n\r\n");
-        let mut bytes = raw.into_bytes();
-        bytes.extend_from_slice(body);
-        self.send_raw(port, &bytes)
+        self.send_raw(port, &request_bytes(method, path, headers, body))
     }
 
     /// Sends `request` verbatim over a new TLS connection to 127.0.0.1:`port`
@@ -216,6 +203,57 @@ impl Client {
         }
         parse_response(&buf)
     }
+}
+
+/// The bytes of an HTTP/1.1 request as [`Client::request`] sends it:
+/// `host: localhost`, the given headers in order, `content-length` when the
+/// body is non-empty, `connection: close`.
+pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for (k, v) in headers {
+        raw.push_str(k);
+        raw.push_str(": ");
+        raw.push_str(v);
+        raw.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        raw.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    raw.push_str("connection: close\r\n\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A plaintext HTTP/1.1 request to 127.0.0.1:`port` over a new TCP
+/// connection (no TLS), e.g. a workload calling its sidecar's outbound
+/// listener on loopback. Same request shape as [`Client::request`].
+pub fn plain_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, ClientError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(ClientError::Connect)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(ClientError::Io)?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(ClientError::Io)?;
+    tcp.set_nodelay(true).map_err(ClientError::Io)?;
+    tcp.write_all(&request_bytes(method, path, headers, body))
+        .map_err(ClientError::Io)?;
+    let buf = read_response(&mut tcp).map_err(ClientError::Io)?;
+    if buf.is_empty() {
+        return Err(ClientError::EmptyResponse);
+    }
+    parse_response(&buf)
+}
+
+/// `GET path` in plaintext; see [`plain_request`].
+pub fn plain_get(port: u16, path: &str, headers: &[(&str, &str)]) -> Result<Response, ClientError> {
+    plain_request(port, "GET", path, headers, b"")
 }
 
 /// Reads one HTTP/1.1 response: until it is complete by its own framing

@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use crate::client::{parse_response, read_response};
-use crate::pki::Pki;
+use crate::pki::{Leaf, Pki};
 use crate::{envoy_bin, LISTENER, UPSTREAM_BODY};
 
 /// Prefix Envoy 1.40 puts in front of metric names defined by a Wasm module
@@ -298,6 +298,22 @@ impl Envoy {
         }
     }
 
+    /// The text of admin `GET /stats/prometheus`. Panics if the admin API
+    /// fails.
+    pub fn prometheus(&self) -> String {
+        match self.admin_get("/stats/prometheus") {
+            Ok((200, body)) => body,
+            Ok((status, body)) => panic!("GET /stats/prometheus returned {status}: {body}"),
+            Err(e) => panic!("GET /stats/prometheus failed: {e}. Log:\n{}", self.log()),
+        }
+    }
+
+    /// The value of the text readout whose name in `/stats` is exactly
+    /// `name` (e.g. an ECDS `version_text`), without its quotes.
+    pub fn stat_text(&self, name: &str) -> Option<String> {
+        parse_stat_text(&self.stats(), name)
+    }
+
     /// The value of the counter or gauge whose name in `/stats` is exactly
     /// `name`; 0 if absent.
     pub fn stat(&self, name: &str) -> u64 {
@@ -500,12 +516,27 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
 /// validated against the test CA), an HTTP connection manager running the
 /// optional wasm filter then the router, and a catch-all route with
 /// `direct_response` 200 "upstream ok".
+///
+/// The builder also makes sidecar-shaped bootstraps (all optional, the
+/// defaults above are unchanged): a different serving identity
+/// ([`Bootstrap::serving_identity`]), a plaintext listener
+/// ([`Bootstrap::plaintext`], e.g. a sidecar's outbound port), a route to a
+/// cluster instead of the direct response ([`Bootstrap::route_to_cluster`]
+/// plus [`Bootstrap::cluster`] with [`static_cluster`] / [`mtls_cluster`]),
+/// the caller's identity forwarded upstream in `x-forwarded-client-cert`
+/// ([`Bootstrap::forward_client_cert_uri`]), and the filter delivered by
+/// Extension Config Discovery ([`Bootstrap::ecds_filter`]).
 pub struct Bootstrap {
     server_cert_pem: String,
     server_key_pem: String,
     ca_pem: String,
     wasm_filter: Option<Value>,
     require_client_certificate: bool,
+    listener_name: String,
+    downstream_tls: bool,
+    route_cluster: Option<String>,
+    clusters: Vec<Value>,
+    forward_client_cert: bool,
 }
 
 impl Bootstrap {
@@ -516,6 +547,11 @@ impl Bootstrap {
             ca_pem: pki.ca_pem().to_string(),
             wasm_filter: None,
             require_client_certificate: true,
+            listener_name: LISTENER.to_string(),
+            downstream_tls: true,
+            route_cluster: None,
+            clusters: Vec::new(),
+            forward_client_cert: false,
         }
     }
 
@@ -539,6 +575,61 @@ impl Bootstrap {
         self
     }
 
+    /// Name of the listener (default [`LISTENER`]); [`Envoy::port`] takes it.
+    pub fn listener_name(mut self, name: &str) -> Bootstrap {
+        self.listener_name = name.to_string();
+        self
+    }
+
+    /// Serve `leaf`'s certificate and key on the mTLS listener instead of
+    /// the PKI's `server` certificate (e.g. a workload's own SPIFFE
+    /// identity on its inbound sidecar). The trusted CA stays the PKI's.
+    pub fn serving_identity(mut self, leaf: &Leaf) -> Bootstrap {
+        self.server_cert_pem = leaf.cert_pem.clone();
+        self.server_key_pem = leaf.key_pem.clone();
+        self
+    }
+
+    /// A plaintext listener (no TLS at all), like a sidecar's outbound port
+    /// that the local workload talks to over loopback.
+    pub fn plaintext(mut self) -> Bootstrap {
+        self.downstream_tls = false;
+        self
+    }
+
+    /// Route every request to cluster `name` (add it with
+    /// [`Bootstrap::cluster`]) instead of answering with the
+    /// `direct_response` [`UPSTREAM_BODY`].
+    pub fn route_to_cluster(mut self, name: &str) -> Bootstrap {
+        self.route_cluster = Some(name.to_string());
+        self
+    }
+
+    /// Adds a cluster to `static_resources.clusters`, e.g. from
+    /// [`static_cluster`] or [`mtls_cluster`].
+    pub fn cluster(mut self, cluster: Value) -> Bootstrap {
+        self.clusters.push(cluster);
+        self
+    }
+
+    /// Forward the downstream peer's identity to the upstream: the HTTP
+    /// connection manager replaces any incoming `x-forwarded-client-cert`
+    /// with `By=<our URI SAN>;Hash=<peer cert hash>;URI=<peer URI SAN>`
+    /// (`SANITIZE_SET`), as a mesh sidecar does.
+    pub fn forward_client_cert_uri(mut self) -> Bootstrap {
+        self.forward_client_cert = true;
+        self
+    }
+
+    /// Put the tokenbind filter in the chain through Extension Config
+    /// Discovery: its configuration comes from `source`'s file (which must
+    /// hold a valid resource before Envoy starts, or the listener waits for
+    /// it).
+    pub fn ecds_filter(mut self, source: &EcdsSource) -> Bootstrap {
+        self.wasm_filter = Some(source.http_filter());
+        self
+    }
+
     pub fn build(&self) -> Value {
         let mut http_filters = Vec::new();
         if let Some(f) = &self.wasm_filter {
@@ -548,59 +639,78 @@ impl Bootstrap {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
-        json!({
+        let route = match &self.route_cluster {
+            Some(cluster) => json!({
+                "match": {"prefix": "/"},
+                "route": {"cluster": cluster}
+            }),
+            None => json!({
+                "match": {"prefix": "/"},
+                "direct_response": {
+                    "status": 200,
+                    "body": {"inline_string": UPSTREAM_BODY}
+                }
+            }),
+        };
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "ingress",
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": "local",
+                "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [route]
+                }]
+            },
+            "http_filters": http_filters
+        });
+        if self.forward_client_cert {
+            hcm["forward_client_cert_details"] = json!("SANITIZE_SET");
+            hcm["set_current_client_cert_details"] = json!({"uri": true});
+        }
+        let mut filter_chain = json!({
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm
+            }]
+        });
+        if self.downstream_tls {
+            filter_chain["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": self.require_client_certificate,
+                    "common_tls_context": {
+                        "tls_certificates": [{
+                            "certificate_chain": {"inline_string": self.server_cert_pem},
+                            "private_key": {"inline_string": self.server_key_pem}
+                        }],
+                        "validation_context": {
+                            "trusted_ca": {"inline_string": self.ca_pem}
+                        }
+                    }
+                }
+            });
+        }
+        let mut bootstrap = json!({
             "node": {"id": "tokenbind-test", "cluster": "tokenbind-test"},
             "admin": {
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
             },
             "static_resources": {
                 "listeners": [{
-                    "name": LISTENER,
+                    "name": self.listener_name,
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                    "filter_chains": [{
-                        "transport_socket": {
-                            "name": "envoy.transport_sockets.tls",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                                "require_client_certificate": self.require_client_certificate,
-                                "common_tls_context": {
-                                    "tls_certificates": [{
-                                        "certificate_chain": {"inline_string": self.server_cert_pem},
-                                        "private_key": {"inline_string": self.server_key_pem}
-                                    }],
-                                    "validation_context": {
-                                        "trusted_ca": {"inline_string": self.ca_pem}
-                                    }
-                                }
-                            }
-                        },
-                        "filters": [{
-                            "name": "envoy.filters.network.http_connection_manager",
-                            "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                                "stat_prefix": "ingress",
-                                "codec_type": "AUTO",
-                                "route_config": {
-                                    "name": "local",
-                                    "virtual_hosts": [{
-                                        "name": "all",
-                                        "domains": ["*"],
-                                        "routes": [{
-                                            "match": {"prefix": "/"},
-                                            "direct_response": {
-                                                "status": 200,
-                                                "body": {"inline_string": UPSTREAM_BODY}
-                                            }
-                                        }]
-                                    }]
-                                },
-                                "http_filters": http_filters
-                            }
-                        }]
-                    }]
+                    "filter_chains": [filter_chain]
                 }]
             }
-        })
+        });
+        if !self.clusters.is_empty() {
+            bootstrap["static_resources"]["clusters"] = Value::Array(self.clusters.clone());
+        }
+        bootstrap
     }
 }
 
@@ -608,22 +718,294 @@ impl Bootstrap {
 pub fn wasm_http_filter(wasm: &Path, configuration: &str) -> Value {
     json!({
         "name": "envoy.filters.http.wasm",
+        "typed_config": wasm_typed_config(wasm, configuration)
+    })
+}
+
+/// The `envoy.extensions.filters.http.wasm.v3.Wasm` message (with its
+/// `@type`) for the tokenbind module with `configuration` as the plugin
+/// configuration: V8, `fail_open: false`, vm_id and root_id `tokenbind`.
+/// [`wasm_http_filter`] wraps it in a filter entry; ECDS delivers it as a
+/// `TypedExtensionConfig` ([`EcdsSource::push_wasm`]).
+pub fn wasm_typed_config(wasm: &Path, configuration: &str) -> Value {
+    json!({
+        "@type": WASM_TYPE_URL,
+        "config": {
+            "name": "tokenbind",
+            "root_id": "tokenbind",
+            "vm_config": {
+                "vm_id": "tokenbind",
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": wasm.to_string_lossy()}}
+            },
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": configuration
+            },
+            "fail_open": false
+        }
+    })
+}
+
+/// Type URL of the Envoy Wasm HTTP filter configuration.
+pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// A plaintext HTTP/1.1 cluster `name` with one endpoint, 127.0.0.1:`port`.
+pub fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}
+            }}}]}]
+        }
+    })
+}
+
+/// A cluster `name` to 127.0.0.1:`port` that originates mTLS, as a mesh
+/// sidecar's outbound cluster does: it presents `client`'s certificate,
+/// trusts only `ca_pem`, and accepts the server only if its certificate has
+/// the URI SAN `server_id` (the SPIFFE ID of the workload it calls).
+pub fn mtls_cluster(name: &str, port: u16, client: &Leaf, ca_pem: &str, server_id: &str) -> Value {
+    let mut cluster = static_cluster(name, port);
+    cluster["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "tokenbind",
-                "root_id": "tokenbind",
-                "vm_config": {
-                    "vm_id": "tokenbind",
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.to_string_lossy()}}
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": configuration
-                },
-                "fail_open": false
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"inline_string": client.cert_pem},
+                    "private_key": {"inline_string": client.key_pem}
+                }],
+                "validation_context": {
+                    "trusted_ca": {"inline_string": ca_pem},
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "URI",
+                        "matcher": {"exact": server_id}
+                    }]
+                }
             }
+        }
+    });
+    cluster
+}
+
+/// A file-based Extension Config Discovery source for one HTTP filter, as
+/// Envoy 1.40 reads it: `path_config_source` naming a file that holds a
+/// `DiscoveryResponse` whose single resource is an
+/// `envoy.config.core.v3.TypedExtensionConfig` named after the filter, with
+/// `watched_directory` so Envoy reloads when a file is moved into the
+/// directory. [`EcdsSource::push`] writes a temp file in the same directory
+/// and renames it over the watched path, so Envoy never sees a partial file.
+///
+/// Envoy counts updates under `extension_config_discovery.http_filter.<name>.*`
+/// (`update_success`, `update_rejected`, `config_fail`, `version_text`):
+/// [`EcdsSource::wait_applied`] and [`EcdsSource::wait_rejected`] wait on them.
+pub struct EcdsSource {
+    dir: TempDir,
+    name: String,
+    type_url: String,
+}
+
+impl EcdsSource {
+    /// A new empty watched directory for the filter resource `name`
+    /// (accepting [`WASM_TYPE_URL`] configurations).
+    pub fn new(name: &str) -> io::Result<EcdsSource> {
+        let dir = tempfile::Builder::new()
+            .prefix("tokenbind-ecds-")
+            .tempdir()?;
+        Ok(EcdsSource {
+            dir,
+            name: name.to_string(),
+            type_url: WASM_TYPE_URL.to_string(),
+        })
+    }
+
+    /// The resource (and filter) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The watched directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The file Envoy reads.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.json", self.name))
+    }
+
+    /// The HTTP filter entry: `name` + `config_discovery` from this file.
+    pub fn http_filter(&self) -> Value {
+        json!({
+            "name": self.name,
+            "config_discovery": {
+                "config_source": {
+                    "path_config_source": {
+                        "path": self.path().to_string_lossy(),
+                        "watched_directory": {"path": self.dir.path().to_string_lossy()}
+                    }
+                },
+                "type_urls": [self.type_url]
+            }
+        })
+    }
+
+    /// The `DiscoveryResponse` text for `typed_config` at `version`.
+    pub fn discovery_response(&self, version: &str, typed_config: &Value) -> Value {
+        json!({
+            "version_info": version,
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": self.name,
+                "typed_config": typed_config
+            }]
+        })
+    }
+
+    /// Publishes `typed_config` (a message with `@type`) as `version`:
+    /// writes a temp file in the watched directory, then renames it over
+    /// [`EcdsSource::path`] (atomic on one filesystem).
+    pub fn push(&self, version: &str, typed_config: &Value) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(&self.discovery_response(version, typed_config))
+            .map_err(io::Error::other)?;
+        let tmp = self
+            .dir
+            .path()
+            .join(format!(".{}.{version}.tmp", self.name));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.path())
+    }
+
+    /// Publishes the tokenbind Wasm filter ([`wasm_typed_config`]) with the
+    /// verbatim plugin `configuration` as `version`.
+    pub fn push_wasm(&self, version: &str, wasm: &Path, configuration: &str) -> io::Result<()> {
+        self.push(version, &wasm_typed_config(wasm, configuration))
+    }
+
+    /// The ECDS counters and version of this filter in `envoy` right now.
+    pub fn status(&self, envoy: &Envoy) -> EcdsStatus {
+        EcdsStatus::read(&envoy.stats(), &self.name)
+    }
+
+    /// Waits (at most `timeout`) until Envoy reports `version` as the
+    /// applied version and `update_success` has risen above
+    /// `before.update_success`. Returns the status, or an error describing
+    /// the last status seen.
+    pub fn wait_applied(
+        &self,
+        envoy: &Envoy,
+        before: &EcdsStatus,
+        version: &str,
+        timeout: Duration,
+    ) -> Result<EcdsStatus, String> {
+        self.wait(envoy, timeout, |s| {
+            s.version_text == version && s.update_success > before.update_success
+        })
+        .map_err(|last| {
+            format!(
+                "ECDS version {version:?} not applied within {timeout:?}; last status: {last:?}"
+            )
+        })
+    }
+
+    /// Waits (at most `timeout`) until Envoy has rejected an update since
+    /// `before` (`update_rejected` and `config_fail` risen).
+    pub fn wait_rejected(
+        &self,
+        envoy: &Envoy,
+        before: &EcdsStatus,
+        timeout: Duration,
+    ) -> Result<EcdsStatus, String> {
+        self.wait(envoy, timeout, |s| {
+            s.update_rejected > before.update_rejected && s.config_fail > before.config_fail
+        })
+        .map_err(|last| format!("no ECDS rejection within {timeout:?}; last status: {last:?}"))
+    }
+
+    fn wait(
+        &self,
+        envoy: &Envoy,
+        timeout: Duration,
+        done: impl Fn(&EcdsStatus) -> bool,
+    ) -> Result<EcdsStatus, EcdsStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(envoy);
+            if done(&status) {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(status);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `extension_config_discovery.http_filter.<name>.*` at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EcdsStatus {
+    /// `version_text`: the `version_info` of the last applied update.
+    pub version_text: String,
+    /// Updates received (applied or not).
+    pub update_attempt: u64,
+    /// Updates applied.
+    pub update_success: u64,
+    /// Updates rejected (the configuration did not load).
+    pub update_rejected: u64,
+    /// `config_fail`: updates whose configuration failed (rises with
+    /// `update_rejected` for file-based sources).
+    pub config_fail: u64,
+    /// `config_reload`. Not a reliable "applied" signal in Envoy 1.40: it
+    /// also rises for rejected updates, and whether the initial load counts
+    /// varies between runs. Use `version_text` and `update_success`.
+    pub config_reload: u64,
+}
+
+impl EcdsStatus {
+    /// Reads the status of HTTP filter `name` from `/stats` text.
+    pub fn read(stats: &str, name: &str) -> EcdsStatus {
+        let stat = |s: &str| {
+            parse_stat(
+                stats,
+                &format!("extension_config_discovery.http_filter.{name}.{s}"),
+            )
+            .unwrap_or(0)
+        };
+        EcdsStatus {
+            version_text: parse_stat_text(
+                stats,
+                &format!("extension_config_discovery.http_filter.{name}.version_text"),
+            )
+            .unwrap_or_default(),
+            update_attempt: stat("update_attempt"),
+            update_success: stat("update_success"),
+            update_rejected: stat("update_rejected"),
+            config_fail: stat("config_fail"),
+            config_reload: stat("config_reload"),
+        }
+    }
+}
+
+/// The value of text readout `name` in `/stats` output (`name: "value"`).
+pub fn parse_stat_text(stats: &str, name: &str) -> Option<String> {
+    stats.lines().find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        if n == name {
+            let v = v.trim();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v)
+                    .to_string(),
+            )
+        } else {
+            None
         }
     })
 }
@@ -631,6 +1013,135 @@ pub fn wasm_http_filter(wasm: &Path, configuration: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_stat_text_strips_quotes_and_is_exact() {
+        let s = "extension_config_discovery.http_filter.tokenbind.version_text: \"7\"\n\
+                 extension_config_discovery.http_filter.tokenbind.update_success: 3\n\
+                 extension_config_discovery.http_filter.tokenbind.update_rejected: 1\n\
+                 extension_config_discovery.http_filter.tokenbind.config_fail: 1\n";
+        assert_eq!(
+            parse_stat_text(
+                s,
+                "extension_config_discovery.http_filter.tokenbind.version_text"
+            ),
+            Some("7".to_string())
+        );
+        assert_eq!(parse_stat_text(s, "version_text"), None);
+        let st = EcdsStatus::read(s, "tokenbind");
+        assert_eq!(st.version_text, "7");
+        assert_eq!(
+            (st.update_success, st.update_rejected, st.config_fail),
+            (3, 1, 1)
+        );
+        assert_eq!(EcdsStatus::read(s, "other"), EcdsStatus::default());
+    }
+
+    #[test]
+    fn default_bootstrap_is_the_standard_mtls_direct_response_listener() {
+        let pki = Pki::new();
+        let b = Bootstrap::new(&pki).build();
+        let listener = &b["static_resources"]["listeners"][0];
+        assert_eq!(listener["name"], LISTENER);
+        let chain = &listener["filter_chains"][0];
+        assert_eq!(
+            chain["transport_socket"]["typed_config"]["require_client_certificate"],
+            true
+        );
+        let hcm = &chain["filters"][0]["typed_config"];
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["direct_response"]["body"]
+                ["inline_string"],
+            UPSTREAM_BODY
+        );
+        assert!(hcm.get("forward_client_cert_details").is_none());
+        assert!(b["static_resources"].get("clusters").is_none());
+    }
+
+    #[test]
+    fn sidecar_bootstraps() {
+        let pki = Pki::new();
+        let outbound = Bootstrap::new(&pki)
+            .listener_name("outbound")
+            .plaintext()
+            .route_to_cluster("up")
+            .cluster(mtls_cluster(
+                "up",
+                1234,
+                &pki.client,
+                pki.ca_pem(),
+                "spiffe://x/y",
+            ))
+            .build();
+        let listener = &outbound["static_resources"]["listeners"][0];
+        assert_eq!(listener["name"], "outbound");
+        assert!(listener["filter_chains"][0]
+            .get("transport_socket")
+            .is_none());
+        let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(
+            hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+            "up"
+        );
+        let cluster = &outbound["static_resources"]["clusters"][0];
+        let tls = &cluster["transport_socket"]["typed_config"]["common_tls_context"];
+        assert_eq!(
+            tls["tls_certificates"][0]["certificate_chain"]["inline_string"],
+            pki.client.cert_pem.as_str()
+        );
+        assert_eq!(
+            tls["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+            "spiffe://x/y"
+        );
+
+        let ecds = EcdsSource::new("tokenbind").unwrap();
+        let inbound = Bootstrap::new(&pki)
+            .serving_identity(&pki.attacker)
+            .ecds_filter(&ecds)
+            .forward_client_cert_uri()
+            .build();
+        let chain = &inbound["static_resources"]["listeners"][0]["filter_chains"][0];
+        assert_eq!(
+            chain["transport_socket"]["typed_config"]["common_tls_context"]["tls_certificates"][0]
+                ["certificate_chain"]["inline_string"],
+            pki.attacker.cert_pem.as_str()
+        );
+        let hcm = &chain["filters"][0]["typed_config"];
+        assert_eq!(hcm["forward_client_cert_details"], "SANITIZE_SET");
+        let filter = &hcm["http_filters"][0];
+        assert_eq!(filter["name"], "tokenbind");
+        assert_eq!(
+            filter["config_discovery"]["config_source"]["path_config_source"]["path"],
+            ecds.path().to_string_lossy().as_ref()
+        );
+    }
+
+    #[test]
+    fn ecds_push_replaces_the_file_atomically() {
+        let ecds = EcdsSource::new("tokenbind").unwrap();
+        ecds.push_wasm("1", Path::new("/x.wasm"), "{}").unwrap();
+        ecds.push_wasm("2", Path::new("/x.wasm"), "{\"mode\":\"monitor\"}")
+            .unwrap();
+        let v: Value = serde_json::from_str(&fs::read_to_string(ecds.path()).unwrap()).unwrap();
+        assert_eq!(v["version_info"], "2");
+        let r = &v["resources"][0];
+        assert_eq!(
+            r["@type"],
+            "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+        );
+        assert_eq!(r["name"], "tokenbind");
+        assert_eq!(r["typed_config"]["@type"], WASM_TYPE_URL);
+        assert_eq!(
+            r["typed_config"]["config"]["configuration"]["value"],
+            "{\"mode\":\"monitor\"}"
+        );
+        // Only the watched file is left behind.
+        let names: Vec<_> = fs::read_dir(ecds.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("tokenbind.json")]);
+    }
 
     #[test]
     fn parse_stat_is_exact() {

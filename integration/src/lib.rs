@@ -15,12 +15,15 @@
 
 pub mod assertions;
 pub mod client;
+pub mod dpop;
 pub mod envoy;
+pub mod jwks_server;
 pub mod pki;
 pub mod tokens;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -120,6 +123,31 @@ pub fn plugin_config(issuer: &TokenIssuer) -> Value {
         "cache": {"max_entries": 10000},
         "max_token_bytes": 8192
     })
+}
+
+/// Calls `check` every `interval` until it returns `Ok`, for at most
+/// `timeout` (and at most `timeout / interval + 1` calls). `Err` means "not
+/// yet" and carries a description of what was seen; the last one is
+/// returned if time runs out.
+pub fn poll<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    let max_calls = timeout.as_millis() / interval.as_millis().max(1) + 1;
+    let mut last = String::from("never checked");
+    for _ in 0..max_calls {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e,
+        }
+        if started.elapsed() >= timeout {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    Err(format!("not reached within {timeout:?}; last: {last}"))
 }
 
 /// One PKI, one token issuer and one running Envoy built from them.
