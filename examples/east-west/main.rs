@@ -39,16 +39,13 @@ use tokenbind_integration::envoy::{
 use tokenbind_integration::pki::{Leaf, Pki};
 use tokenbind_integration::tokens::{short_hash, Alg, TokenIssuer};
 use tokenbind_integration::{
-    envoy_bin, plugin_config, require_envoy, require_wasm, ISSUER, SERVER_ID, TRUST_DOMAIN,
+    envoy_bin, plugin_config, require_envoy, require_wasm, ISSUER, TRUST_DOMAIN,
 };
 
 use orders::OrdersServer;
 
-/// orders' SPIFFE ID: it serves the harness PKI's server certificate, the
-/// one leaf issued for server authentication (`Pki::workload` certificates
-/// carry only the clientAuth extended key usage, and Envoy refuses them as
-/// an upstream's certificate: "unsupported certificate purpose").
-const ORDERS_ID: &str = SERVER_ID;
+/// orders' SPIFFE ID: its inbound sidecar serves orders' own X.509-SVID.
+const ORDERS_ID: &str = "spiffe://cluster.local/ns/shop/sa/orders";
 const FRONTEND_ID: &str = "spiffe://cluster.local/ns/default/sa/frontend";
 const BATCH_ID: &str = "spiffe://cluster.local/ns/default/sa/batch";
 const INBOUND: &str = "inbound";
@@ -171,7 +168,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
 
     heading("Identities");
     let pki = Pki::new();
-    let orders_leaf = pki.server.clone();
+    let orders_leaf = pki.workload("orders", ORDERS_ID);
     let frontend = pki.workload("frontend", FRONTEND_ID);
     let batch = pki.workload("batch", BATCH_ID);
     println!("   One mesh CA issued an X.509-SVID (SPIFFE ID in the URI SAN) to each workload:");

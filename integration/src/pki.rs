@@ -110,7 +110,7 @@ impl Pki {
                 SanType::URI(SERVER_ID.try_into()?),
             ],
             Some(SERVER_ID),
-            ExtendedKeyUsagePurpose::ServerAuth,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
         )?;
         let client = workload_in(&ca, dir.path(), "client", CLIENT_ID)?;
         let attacker = workload_in(&ca, dir.path(), "attacker", ATTACKER_ID)?;
@@ -147,7 +147,7 @@ impl Pki {
             name,
             &sans,
             None,
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         )
         .unwrap_or_else(|e| panic!("issuing cert {name} failed: {e}"))
     }
@@ -184,9 +184,18 @@ fn workload_in(
         ca,
         dir,
         name,
-        &[SanType::URI(spiffe_id.try_into()?)],
+        // The SPIFFE ID first (Envoy reports the first URI SAN), then localhost so a workload
+        // certificate can also serve on loopback, like a sidecar's.
+        &[
+            SanType::URI(spiffe_id.try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+        ],
         Some(spiffe_id),
-        ExtendedKeyUsagePurpose::ClientAuth,
+        // Like a mesh X.509-SVID: usable as a client and as a server certificate.
+        &[
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ],
     )
 }
 
@@ -196,14 +205,14 @@ fn issue(
     name: &str,
     sans: &[SanType],
     spiffe_id: Option<&str>,
-    eku: ExtendedKeyUsagePurpose,
+    eku: &[ExtendedKeyUsagePurpose],
 ) -> Result<Leaf, Box<dyn std::error::Error>> {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
     params.subject_alt_names = sans.to_vec();
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![eku];
+    params.extended_key_usages = eku.to_vec();
     params.use_authority_key_identifier_extension = true;
 
     let key = KeyPair::generate()?;
