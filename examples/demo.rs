@@ -13,6 +13,7 @@
 //! (needs the Envoy binary and the filter module; see scripts/test.sh).
 
 use std::process::ExitCode;
+use tokenbind_integration::story::{self, heading, reason_of, show, Story};
 
 use serde_json::json;
 use tokenbind_integration::client::Response;
@@ -23,40 +24,6 @@ use tokenbind_integration::{
     envoy_bin, plugin_config, require_envoy, require_wasm, AUDIENCE, CLIENT_ID, ISSUER, LISTENER,
     UPSTREAM_BODY,
 };
-
-struct Demo {
-    failures: Vec<String>,
-}
-
-impl Demo {
-    fn check(&mut self, ok: bool, what: &str) {
-        if ok {
-            println!("   [ok]   {what}");
-        } else {
-            println!("   [FAIL] {what}");
-            self.failures.push(what.to_string());
-        }
-    }
-}
-
-fn heading(text: &str) {
-    println!();
-    println!("== {text}");
-}
-
-fn show(resp: &Response) {
-    println!("   <- HTTP {} {}", resp.status, resp.reason);
-    for name in ["www-authenticate", "content-type"] {
-        for v in resp.header_all(name) {
-            println!("      {name}: {v}");
-        }
-    }
-    println!("      body: {}", resp.body_str());
-}
-
-fn reason_of(resp: &Response) -> Option<String> {
-    resp.json()?.get("reason")?.as_str().map(str::to_string)
-}
 
 fn start(pki: &Pki, issuer: &TokenIssuer, mode: &str) -> Result<Envoy, String> {
     let mut cfg = plugin_config(issuer);
@@ -92,7 +59,7 @@ fn call(
         .map_err(|e| format!("request failed: {e}"))
 }
 
-fn run(demo: &mut Demo) -> Result<(), String> {
+fn run(demo: &mut Story) -> Result<(), String> {
     println!("tokenbind demo: bearer tokens bound to the caller's mTLS identity");
     println!("Envoy: {}", envoy_bin().display());
     require_envoy();
@@ -127,7 +94,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
 
     heading("Step 1: client calls with its own token");
     let r = call(&pki, &envoy, &pki.client, &token)?;
-    show(&r);
+    show(&r, &["www-authenticate", "content-type"]);
     demo.check(
         r.status == 200 && r.body_str() == UPSTREAM_BODY,
         "client's own token over client's mTLS identity is allowed (200, reached upstream)",
@@ -138,7 +105,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
     println!("   so mTLS alone lets it in. Only the token binding stops the replay.");
     let before = envoy.snapshot();
     let r = call(&pki, &envoy, &pki.attacker, &token)?;
-    show(&r);
+    show(&r, &["www-authenticate", "content-type"]);
     demo.check(r.status == 401, "replay is rejected with 401");
     demo.check(
         reason_of(&r).as_deref() == Some("spiffe_mismatch"),
@@ -169,7 +136,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
     let envoy = start(&pki, &issuer, "monitor")?;
     let before = envoy.snapshot();
     let r = call(&pki, &envoy, &pki.attacker, &token)?;
-    show(&r);
+    show(&r, &["www-authenticate", "content-type"]);
     demo.check(
         r.status == 200 && r.body_str() == UPSTREAM_BODY,
         "monitor mode does not block (200)",
@@ -194,30 +161,5 @@ fn run(demo: &mut Demo) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let mut demo = Demo {
-        failures: Vec::new(),
-    };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut demo)));
-    println!();
-    match result {
-        Ok(Ok(())) if demo.failures.is_empty() => {
-            println!("RESULT: all steps behaved as expected.");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(())) => {
-            println!("RESULT: {} check(s) failed:", demo.failures.len());
-            for f in &demo.failures {
-                println!("  - {f}");
-            }
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            println!("RESULT: demo could not run: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            println!("RESULT: demo aborted (see the panic message above).");
-            ExitCode::FAILURE
-        }
-    }
+    story::main(run)
 }

@@ -30,6 +30,7 @@
 mod orders;
 
 use std::process::ExitCode;
+use tokenbind_integration::story::{self, heading, reason_of, show, Story};
 
 use serde_json::json;
 use tokenbind_integration::client::{plain_get, Client, ClientError, Response};
@@ -51,26 +52,6 @@ const BATCH_ID: &str = "spiffe://cluster.local/ns/default/sa/batch";
 const INBOUND: &str = "inbound";
 const OUTBOUND: &str = "outbound";
 const PATH: &str = "/orders";
-
-struct Demo {
-    failures: Vec<String>,
-}
-
-impl Demo {
-    fn check(&mut self, ok: bool, what: &str) {
-        if ok {
-            println!("   [ok]   {what}");
-        } else {
-            println!("   [FAIL] {what}");
-            self.failures.push(what.to_string());
-        }
-    }
-}
-
-fn heading(text: &str) {
-    println!();
-    println!("== {text}");
-}
 
 /// One workload's outbound sidecar: a plaintext loopback listener the
 /// workload calls, routing to orders' inbound sidecar over mTLS that
@@ -113,18 +94,6 @@ fn start_outbound(
     })
 }
 
-fn show(resp: &Response) {
-    println!("   <- HTTP {} {}", resp.status, resp.reason);
-    for v in resp.header_all("www-authenticate") {
-        println!("      www-authenticate: {v}");
-    }
-    println!("      body: {}", resp.body_str());
-}
-
-fn reason_of(resp: &Response) -> Option<String> {
-    resp.json()?.get("reason")?.as_str().map(str::to_string)
-}
-
 /// `via`'s workload calls orders through its own outbound sidecar with
 /// `token` (issued to `whose`).
 fn call(via: &Outbound, token: &str, whose: &str) -> Result<Response, String> {
@@ -159,7 +128,7 @@ fn counter_line(envoy: &Envoy, metric: &str) -> u64 {
     v
 }
 
-fn run(demo: &mut Demo) -> Result<(), String> {
+fn run(demo: &mut Story) -> Result<(), String> {
     println!("tokenbind east-west demo: a stolen token is useless to another workload in the mesh");
     println!("Envoy: {}", envoy_bin().display());
     require_envoy();
@@ -231,7 +200,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
     let before = inbound.snapshot();
     let seen_before = app.seen().len();
     let r = call(&front_sidecar, &frontend_token, "frontend")?;
-    show(&r);
+    show(&r, &["www-authenticate"]);
     demo.check(
         r.status == 200,
         "frontend's token over frontend's mTLS identity is allowed (200)",
@@ -265,7 +234,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
     let before = inbound.snapshot();
     let seen_before = app.seen().len();
     let r = call(&batch_sidecar, &frontend_token, "frontend")?;
-    show(&r);
+    show(&r, &["www-authenticate"]);
     demo.check(r.status == 401, "the replay is rejected with 401");
     demo.check(
         reason_of(&r).as_deref() == Some("spiffe_mismatch"),
@@ -304,7 +273,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
     let before = inbound.snapshot();
     let seen_before = app.seen().len();
     let r = call(&batch_sidecar, &batch_token, "batch")?;
-    show(&r);
+    show(&r, &["www-authenticate"]);
     let caller = app.seen().get(seen_before).and_then(|s| s.caller.clone());
     demo.check(
         r.status == 200 && caller.as_deref() == Some(BATCH_ID),
@@ -328,7 +297,7 @@ fn run(demo: &mut Demo) -> Result<(), String> {
         &[("authorization", auth.as_str())],
     );
     match &result {
-        Ok(r) => show(r),
+        Ok(r) => show(r, &["www-authenticate"]),
         Err(e) => println!("   <- no HTTP response: {e}"),
     }
     // TLS 1.3: the server's "certificate required" alert arrives on the
@@ -376,30 +345,5 @@ fn run(demo: &mut Demo) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let mut demo = Demo {
-        failures: Vec::new(),
-    };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut demo)));
-    println!();
-    match result {
-        Ok(Ok(())) if demo.failures.is_empty() => {
-            println!("RESULT: all steps behaved as expected.");
-            ExitCode::SUCCESS
-        }
-        Ok(Ok(())) => {
-            println!("RESULT: {} check(s) failed:", demo.failures.len());
-            for f in &demo.failures {
-                println!("  - {f}");
-            }
-            ExitCode::FAILURE
-        }
-        Ok(Err(e)) => {
-            println!("RESULT: demo could not run: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            println!("RESULT: demo aborted (see the panic message above).");
-            ExitCode::FAILURE
-        }
-    }
+    story::main(run)
 }

@@ -19,6 +19,7 @@ pub mod dpop;
 pub mod envoy;
 pub mod jwks_server;
 pub mod pki;
+pub mod story;
 pub mod tokens;
 
 use std::path::PathBuf;
