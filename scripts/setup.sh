@@ -26,6 +26,10 @@ if [ ! -x .venv/bin/envoy ] || ! .venv/bin/envoy --version 2>/dev/null | grep -q
 fi
 .venv/bin/envoy --version | sed 's/^/    /'
 
+# Tools for the deployment tests: GNU tar/gzip/sha256sum (OCI image) and the Istio CRD schema
+# validator (npm).
+./scripts/setup-tools.sh
+
 say "building the filter (wasm32-wasip1, release)"
 cargo build --release --target wasm32-wasip1 -p tokenbind-filter
 ls -l target/wasm32-wasip1/release/tokenbind.wasm | awk '{print "    " $NF ": " $5 " bytes"}'
