@@ -7,7 +7,7 @@ use crate::client::Response;
 use crate::UPSTREAM_BODY;
 
 /// Every denial reason the filter defines.
-pub const REASONS: [&str; 27] = [
+pub const REASONS: [&str; 28] = [
     "missing_token",
     "malformed_token",
     "token_too_large",
@@ -35,6 +35,7 @@ pub const REASONS: [&str; 27] = [
     "dpop_iat_out_of_window",
     "dpop_nonce_required",
     "dpop_downgrade",
+    "jwks_unavailable",
 ];
 
 /// The RFC 6750 / RFC 9449 `error` code the filter uses for a reason.

@@ -685,7 +685,9 @@ mod tests {
     use super::*;
     use crate::client::{parse_response, read_response};
 
-    fn get(port: u16, path: &str) -> io::Result<(u16, String, Vec<(String, String)>)> {
+    type Answer = (u16, String, Vec<(String, String)>);
+
+    fn get(port: u16, path: &str) -> io::Result<Answer> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         write!(
@@ -773,6 +775,15 @@ mod tests {
         assert!(!t.is_finished(), "answered while paused");
         s.unpause();
         assert_eq!(t.join().unwrap().unwrap(), 200);
+    }
+
+    #[test]
+    fn delay_answers_late() {
+        let s = JwksServer::serving(json!({"keys": []}));
+        s.set_behaviour(Behaviour::Delay(Duration::from_millis(300)));
+        let t = Instant::now();
+        assert_eq!(get(s.port(), JWKS_PATH).unwrap().0, 200);
+        assert!(t.elapsed() >= Duration::from_millis(300));
     }
 
     #[test]

@@ -247,24 +247,31 @@ impl RemoteProvider {
         }
     }
 
-    /// Records an unknown-`kid` refetch if the rate limit allows one now. Returns whether a
-    /// refetch was granted (the caller then forces a fetch).
-    pub fn grant_kid_refetch(&self, shared: &dyn SharedData, now: u64) -> bool {
+    /// An unknown-`kid` refetch, if the rate limit allows one now and no fetch is under way
+    /// anywhere (then the caller waits for that one instead): records the refetch and takes
+    /// the fetch lease in one CAS, so every other VM sees a fetch under way at once. The caller
+    /// dispatches the returned request.
+    pub fn take_kid_refetch(&self, shared: &dyn SharedData, now_ms: u64) -> Option<FetchRequest> {
+        let now = now_ms / 1000;
         for _ in 0..4 {
             let (mut state, cas) = self.read_state(shared);
             if state.last_kid_refetch != 0
                 && now < state.last_kid_refetch + self.settings.refetch_min_interval_seconds
             {
-                return false;
+                return None;
+            }
+            if state.lease_until_ms > now_ms {
+                return None;
             }
             state.last_kid_refetch = now;
+            state.lease_until_ms = now_ms + self.settings.timeout_ms + 1_000;
             match self.write_state(shared, &state, cas) {
-                Ok(()) => return true,
+                Ok(()) => return Some(self.request_for(&state)),
                 Err(SharedError::CasMismatch) => continue,
-                Err(SharedError::Other) => return false,
+                Err(SharedError::Other) => return None,
             }
         }
-        false
+        None
     }
 
     /// Handles a fetch response at `now`; `rand_unit` ∈ [0, 1) jitters the next refresh.
@@ -610,14 +617,34 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kid_refetch_is_rate_limited() {
+    fn unknown_kid_refetch_is_rate_limited_and_takes_the_lease() {
         let shared = MemorySharedData::default();
         let p = RemoteProvider::new("mesh", "https://issuer.example", settings(false));
         p.prepare(&shared);
-        assert!(p.grant_kid_refetch(&shared, 100));
-        assert!(!p.grant_kid_refetch(&shared, 110));
-        assert!(!p.grant_kid_refetch(&shared, 129));
-        assert!(p.grant_kid_refetch(&shared, 130));
+        let req = p
+            .take_kid_refetch(&shared, 100_000)
+            .expect("first refetch granted");
+        // The lease is taken in the same step: no other VM starts a fetch meanwhile.
+        assert!(p.take_due_fetch(&shared, 100_010, true).is_none());
+        p.complete(
+            &shared,
+            &req,
+            FetchResponse {
+                status: Some(200),
+                cache_control: None,
+                body: Some(jwks().as_bytes()),
+            },
+            100,
+            0.5,
+        );
+        assert!(p.take_kid_refetch(&shared, 110_000).is_none());
+        assert!(p.take_kid_refetch(&shared, 129_999).is_none());
+        assert!(p.take_kid_refetch(&shared, 130_000).is_some());
+        // While a fetch is under way, a refetch is not granted (the caller waits for that one).
+        let busy = MemorySharedData::default();
+        p.prepare(&busy);
+        assert!(p.take_due_fetch(&busy, 0, false).is_some());
+        assert!(p.take_kid_refetch(&busy, 500).is_none());
     }
 
     #[test]

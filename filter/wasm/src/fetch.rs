@@ -18,6 +18,9 @@ struct Source {
     installed_cas: Option<u32>,
     /// A fetch this VM dispatched: (token, request, give-up time in ms).
     in_flight: Option<(u32, FetchRequest, u64)>,
+    /// A fetch this VM holds the lease for, to dispatch from the root context at the next tick
+    /// (a call dispatched from an HTTP context is lost if that request's stream ends first).
+    queued: Option<FetchRequest>,
     gauge: Option<u32>,
 }
 
@@ -58,6 +61,7 @@ impl Fetcher {
                     remote,
                     installed_cas: None,
                     in_flight: None,
+                    queued: None,
                     gauge,
                 });
             }
@@ -79,10 +83,9 @@ impl Fetcher {
     /// Whether this VM should tick fast: keys missing, a fetch in flight or requests waiting.
     pub fn busy(&self, engine: &Engine) -> bool {
         !self.pending.borrow().is_empty()
-            || self
-                .sources
-                .iter()
-                .any(|s| s.in_flight.is_some() || !engine.has_keys(s.provider))
+            || self.sources.iter().any(|s| {
+                s.in_flight.is_some() || s.queued.is_some() || !engine.has_keys(s.provider)
+            })
     }
 
     /// Installs key sets other VMs (or this one) stored since the last look.
@@ -112,10 +115,16 @@ impl Fetcher {
         }
     }
 
-    /// Dispatches every fetch that is due (or, for `force`, the one provider), if this VM
-    /// wins the shared lease.
-    pub fn dispatch_due(&mut self, now_ms: u64, force: Option<usize>, events: &mut Events) {
+    /// Dispatches every fetch that is queued or due, if this VM holds or wins the shared
+    /// lease. Call from the root context only.
+    pub fn dispatch_due(&mut self, now_ms: u64, events: &mut Events) {
         for s in &mut self.sources {
+            if let Some(request) = s.queued.take() {
+                if s.in_flight.is_none() {
+                    dispatch(s, request, now_ms, events);
+                    continue;
+                }
+            }
             if let Some((_, _, give_up)) = &s.in_flight {
                 if now_ms < *give_up {
                     continue;
@@ -123,26 +132,45 @@ impl Fetcher {
                 // The callback never came (e.g. the context that dispatched it went away).
                 s.in_flight = None;
             }
-            let forced = force == Some(s.provider);
-            if let Some(request) = s.remote.take_due_fetch(&Envoy, now_ms, forced) {
+            if let Some(request) = s.remote.take_due_fetch(&Envoy, now_ms, false) {
                 dispatch(s, request, now_ms, events);
             }
         }
     }
 
-    /// Grants an unknown-`kid` refetch for `provider` if the rate limit allows.
-    pub fn grant_kid_refetch(&self, provider: usize, now: u64) -> bool {
-        self.sources
-            .iter()
-            .find(|s| s.provider == provider)
-            .is_some_and(|s| s.remote.grant_kid_refetch(&Envoy, now))
+    /// Grants an unknown-`kid` refetch for `provider` if the rate limit allows and no fetch is
+    /// under way; the next tick dispatches it.
+    pub fn grant_kid_refetch(&mut self, provider: usize, now_ms: u64) -> bool {
+        let Some(s) = self.sources.iter_mut().find(|s| s.provider == provider) else {
+            return false;
+        };
+        match s.remote.take_kid_refetch(&Envoy, now_ms) {
+            Some(request) => {
+                s.queued = Some(request);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether keys for `provider` may arrive before `deadline_ms`: a fetch is queued or under
+    /// way anywhere in the sidecar, or one is due by then. During an outage's back-off nothing
+    /// is coming, and a request is better answered at once than after the whole timeout.
+    pub fn keys_may_arrive(&self, provider: usize, now_ms: u64, deadline_ms: u64) -> bool {
+        self.fetching(provider, now_ms)
+            || self.sources.iter().any(|s| {
+                s.provider == provider
+                    && s.remote.state(&Envoy).next_refresh.saturating_mul(1000) <= deadline_ms
+            })
     }
 
     /// Whether a fetch for `provider` is under way anywhere in the sidecar.
     pub fn fetching(&self, provider: usize, now_ms: u64) -> bool {
         self.sources.iter().any(|s| {
             s.provider == provider
-                && (s.in_flight.is_some() || s.remote.state(&Envoy).lease_until_ms > now_ms)
+                && (s.in_flight.is_some()
+                    || s.queued.is_some()
+                    || s.remote.state(&Envoy).lease_until_ms > now_ms)
         })
     }
 
@@ -202,13 +230,16 @@ impl Fetcher {
                     next.path
                 );
                 if let Some(request) = s.remote.take_due_fetch(&Envoy, now_ms, true) {
-                    dispatch(s, request, now_ms, events);
+                    // Dispatched at the next tick, from the root context.
+                    s.queued = Some(request);
                 }
             }
             FetchOutcome::Failed(why) => {
                 let state = s.remote.state(&Envoy);
+                // Envoy answers timeouts (504) and connection failures (503) itself.
+                let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
                 log::warn!(
-                    "tokenbind: provider {}: fetching {}{} failed: {why}; keeping the last good keys, retry in {} s",
+                    "tokenbind: provider {}: fetching {}{} failed: {why} (status {status}); keeping the last good keys, retry in {} s",
                     s.name,
                     request.authority,
                     request.path,

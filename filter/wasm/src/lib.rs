@@ -157,18 +157,22 @@ impl Shared {
             return None;
         }
         match denial.reason {
-            Reason::JwksUnavailable => Some(provider),
+            Reason::JwksUnavailable => {
+                let deadline = now_ms + self.remote_timeout_ms(provider);
+                fetcher
+                    .keys_may_arrive(provider, now_ms, deadline)
+                    .then_some(provider)
+            }
             Reason::UnknownKey => {
-                if fetcher.grant_kid_refetch(provider, now_ms / 1000) {
+                drop(fetcher);
+                if self
+                    .fetcher
+                    .borrow_mut()
+                    .grant_kid_refetch(provider, now_ms)
+                {
                     self.counters.increment(Counter::JwksRefetchUnknownKid);
-                    drop(fetcher);
-                    let mut events = Events::default();
-                    self.fetcher
-                        .borrow_mut()
-                        .dispatch_due(now_ms, Some(provider), &mut events);
-                    self.count(&events);
                     Some(provider)
-                } else if fetcher.fetching(provider, now_ms) {
+                } else if self.fetcher.borrow().fetching(provider, now_ms) {
                     Some(provider)
                 } else {
                     None
@@ -176,6 +180,47 @@ impl Shared {
             }
             _ => None,
         }
+    }
+
+    fn remote_timeout_ms(&self, provider: usize) -> u64 {
+        self.engine
+            .config()
+            .providers
+            .get(provider)
+            .and_then(|p| match &p.keys {
+                tokenbind_core::config::KeySource::Remote(r) => Some(r.timeout_ms),
+                tokenbind_core::config::KeySource::Static(_) => None,
+            })
+            .unwrap_or(0)
+    }
+
+    /// A decision made without a remote provider's current keys (unknown `kid`, or no keys yet)
+    /// may only mean that another worker VM stored a newer key set that this VM has not
+    /// installed yet (it syncs on its timer). Installs it now; returns whether the keys changed,
+    /// i.e. whether the request must be decided again. (Also releases requests held here.)
+    fn sync_if_stale(&self, decision: &Decision, now_ms: u64, current_context: u32) -> bool {
+        let Some(denial) = decision.denial() else {
+            return false;
+        };
+        if !matches!(denial.reason, Reason::UnknownKey | Reason::JwksUnavailable) {
+            return false;
+        }
+        let Some(provider) = decision.provider else {
+            return false;
+        };
+        let mut events = Events::default();
+        {
+            let mut fetcher = self.fetcher.borrow_mut();
+            if !fetcher.is_remote(provider) {
+                return false;
+            }
+            fetcher.sync(&self.engine, &mut events);
+        }
+        if events.settled.is_empty() {
+            return false;
+        }
+        self.release(&events.settled, now_ms, current_context);
+        true
     }
 
     /// Decides the held requests that can be decided now, each in its own context, then
@@ -204,7 +249,7 @@ impl Shared {
         {
             let mut fetcher = self.fetcher.borrow_mut();
             fetcher.sync(&self.engine, &mut events);
-            fetcher.dispatch_due(now_ms, None, &mut events);
+            fetcher.dispatch_due(now_ms, &mut events);
         }
         self.count(&events);
         self.release(&events.settled, now_ms, current_context);
@@ -366,36 +411,22 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = &self.shared;
-        let decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
+        let mut decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
         let now_ms = host::now_unix_millis();
+        if shared.sync_if_stale(&decision, now_ms, self.context_id) {
+            decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
+        }
         if let Some(provider) = shared.should_wait(&decision, now_ms) {
-            let timeout = shared
-                .engine
-                .config()
-                .providers
-                .get(provider)
-                .and_then(|p| match &p.keys {
-                    tokenbind_core::config::KeySource::Remote(r) => Some(r.timeout_ms),
-                    tokenbind_core::config::KeySource::Static(_) => None,
-                })
-                .unwrap_or(0);
+            let timeout = shared.remote_timeout_ms(provider);
             let held = shared.fetcher.borrow().hold(Pending {
                 context_id: self.context_id,
                 provider,
                 deadline_ms: now_ms + timeout,
             });
             if held {
-                if let Reason::JwksUnavailable =
-                    decision.denial().map_or(Reason::MissingToken, |d| d.reason)
-                {
-                    // Start the first fetch now rather than at the next tick.
-                    let mut events = Events::default();
-                    shared
-                        .fetcher
-                        .borrow_mut()
-                        .dispatch_due(now_ms, None, &mut events);
-                    shared.count(&events);
-                }
+                // Fetches are dispatched by the root context's tick: a call dispatched here
+                // belongs to this request's stream, and its response is lost when the stream
+                // ends first (deadline, client gone).
                 host::set_tick_period_ms(FAST_TICK_MS);
                 return Action::Pause;
             }
