@@ -68,7 +68,8 @@ pub fn decode_hex32(hex: &[u8]) -> Option<[u8; 32]> {
     Some(out)
 }
 
-fn nibble(c: u8) -> Option<u8> {
+/// The value of one hex digit (either case).
+pub(crate) fn nibble(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),

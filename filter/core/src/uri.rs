@@ -5,6 +5,8 @@
 //! RFC 3986 §6.2.2 (case, percent-encoding, dot segments) and §6.2.3 (default port, empty
 //! path), and query and fragment are dropped, as RFC 9449 requires.
 
+use crate::peer::nibble;
+
 /// Normalises an absolute http(s) URI for `htu` comparison. Returns `None` for anything that
 /// is not an absolute `http` or `https` URI with an authority and no userinfo.
 pub fn normalize(uri: &str) -> Option<String> {
@@ -57,15 +59,6 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn upper_hex(nibble: u8) -> char {
     char::from_digit(u32::from(nibble), 16).map_or('0', |c| c.to_ascii_uppercase())
 }
@@ -77,8 +70,8 @@ fn normalize_percent(path: &str) -> Option<String> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hi = bytes.get(i + 1).copied().and_then(hex)?;
-            let lo = bytes.get(i + 2).copied().and_then(hex)?;
+            let hi = bytes.get(i + 1).copied().and_then(nibble)?;
+            let lo = bytes.get(i + 2).copied().and_then(nibble)?;
             let decoded = (hi << 4) | lo;
             if is_unreserved(decoded) {
                 out.push(char::from(decoded));

@@ -257,6 +257,8 @@ impl Shared {
         host::set_tick_period_ms(if busy { FAST_TICK_MS } else { SLOW_TICK_MS });
     }
 
+    /// A fetch's response. Fetches are dispatched only by the root context, so responses only
+    /// arrive there.
     fn on_call_response(&self, token: u32, body_size: usize, current_context: u32) {
         let now_ms = host::now_unix_millis();
         let mut events = Events::default();
@@ -391,17 +393,6 @@ struct Http {
 }
 
 impl Context for Http {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        self.shared
-            .on_call_response(token, body_size, self.context_id);
-    }
-
     fn on_done(&mut self) -> bool {
         self.shared.fetcher.borrow().forget(self.context_id);
         true
