@@ -153,11 +153,15 @@ fn xfcc_from_an_untrusted_peer_is_ignored_and_counted() {
 
 #[test]
 fn a_gateway_that_is_not_trusted_is_just_a_peer() {
-    let m = mesh(|_| {});
+    // Some other gateway is trusted; this one is not.
+    let m = mesh(|cfg| {
+        cfg["trusted_forwarders"] =
+            json!(["spiffe://cluster.local/ns/istio-system/sa/other-gateway"])
+    });
     let token = m.token_for(&m.pki.client);
     let before = m.sidecar.snapshot();
-    // Without trusted_forwarders the sidecar's peer is the gateway: the client's token does
-    // not match it, and the gateway's XFCC is ignored and counted.
+    // The sidecar's peer is the untrusted gateway: the client's token does not match it, and
+    // the gateway's XFCC is ignored and counted.
     let r = m.via_gateway(&m.pki.client, &token);
     assert_denied(&r, "spiffe_mismatch", "client via an untrusted gateway");
     let d = m.sidecar.snapshot().since(&before);

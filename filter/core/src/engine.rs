@@ -289,6 +289,10 @@ impl Engine {
     /// trusted forwarder that sent `x-forwarded-client-cert`, the client it forwarded.
     fn effective_peer(&self, host: &dyn Host, peer: Peer, decision: &mut Decision) -> Peer {
         use crate::xfcc::{forwarded_client, Forwarded};
+        // Without trusted forwarders XFCC can never matter: skip the header lookup.
+        if self.config.trusted_forwarders.is_empty() {
+            return peer;
+        }
         let Some(xfcc) = host.request_header("x-forwarded-client-cert") else {
             return peer;
         };

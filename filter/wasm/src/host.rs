@@ -53,13 +53,8 @@ impl Host for Envoy {
     }
 }
 
-/// Current Unix time in seconds from the host clock; 0 only if the host cannot tell,
-/// which makes every token look expired (fail closed).
-pub fn now_unix_seconds() -> u64 {
-    abi::now_nanos().map_or(0, |n| n / 1_000_000_000)
-}
-
-/// Unix time in milliseconds from the host clock (0 if unavailable).
+/// Unix time in milliseconds from the host clock; 0 only if the host cannot tell, which makes
+/// every token look expired (fail closed).
 pub fn now_unix_millis() -> u64 {
     abi::now_nanos().map_or(0, |n| n / 1_000_000)
 }

@@ -234,7 +234,7 @@ impl Shared {
             if !host::set_effective_context(p.context_id) {
                 continue;
             }
-            let decision = self.engine.decide(&host::Envoy, host::now_unix_seconds());
+            let decision = self.engine.decide(&host::Envoy, now_ms / 1000);
             if self.act(&decision) {
                 host::resume_request();
             }
@@ -402,10 +402,11 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = &self.shared;
-        let mut decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
+        // One clock read per request.
         let now_ms = host::now_unix_millis();
+        let mut decision = shared.engine.decide(&host::Envoy, now_ms / 1000);
         if shared.sync_if_stale(&decision, now_ms, self.context_id) {
-            decision = shared.engine.decide(&host::Envoy, host::now_unix_seconds());
+            decision = shared.engine.decide(&host::Envoy, now_ms / 1000);
         }
         if let Some(provider) = shared.should_wait(&decision, now_ms) {
             let timeout = shared.remote_timeout_ms(provider);
