@@ -96,7 +96,7 @@ const MAX_RSA_BITS: usize = 8192;
 pub enum PublicKey {
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
-    Ed25519(ed25519_compact::PublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
     Rsa(Box<rsa::RsaPublicKey>),
 }
 
@@ -130,10 +130,9 @@ impl PublicKey {
                 .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
             (PublicKey::P384(key), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-            (PublicKey::Ed25519(key), Alg::EdDSA) => {
-                ed25519_compact::Signature::from_slice(signature)
-                    .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok())
-            }
+            // Strict verification: rejects small-order keys and non-canonical signatures.
+            (PublicKey::Ed25519(key), Alg::EdDSA) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify_strict(signing_input, &sig).is_ok()),
             (PublicKey::Rsa(key), alg) => verify_rsa(key, alg, signing_input, signature),
             _ => false,
         }
@@ -420,7 +419,7 @@ fn parse_key(obj: &Map<String, Value>, path: &str) -> Result<Parsed, JwksError> 
                 return Ok(Parsed::Skip("unsupported OKP curve"));
             }
             let x: [u8; 32] = fixed(b64_member(obj, path, "x")?, path, "x")?;
-            let key = ed25519_compact::PublicKey::from_slice(&x)
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
                 .map_err(|_| err(format!("{path}.x"), "is not an Ed25519 public key"))?;
             PublicKey::Ed25519(key)
         }
