@@ -131,8 +131,10 @@ impl PublicKey {
             (PublicKey::P384(key), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
             // Strict verification: rejects small-order keys and non-canonical signatures.
-            (PublicKey::Ed25519(key), Alg::EdDSA) => ed25519_dalek::Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify_strict(signing_input, &sig).is_ok()),
+            (PublicKey::Ed25519(key), Alg::EdDSA) => {
+                ed25519_dalek::Signature::from_slice(signature)
+                    .is_ok_and(|sig| key.verify_strict(signing_input, &sig).is_ok())
+            }
             (PublicKey::Rsa(key), alg) => verify_rsa(key, alg, signing_input, signature),
             _ => false,
         }
