@@ -260,6 +260,14 @@ impl KeySource {
             KeySource::Remote(_) => None,
         }
     }
+
+    /// The remote fetch settings, if the keys are remote.
+    pub fn remote(&self) -> Option<&RemoteJwks> {
+        match self {
+            KeySource::Remote(r) => Some(r),
+            KeySource::Static(_) => None,
+        }
+    }
 }
 
 /// One token issuer and how its tokens are verified.

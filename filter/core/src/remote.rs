@@ -201,10 +201,22 @@ impl RemoteProvider {
         now_ms: u64,
         force: bool,
     ) -> Option<FetchRequest> {
+        self.take_lease(shared, now_ms, |state| {
+            force || now_ms / 1000 >= state.next_refresh
+        })
+    }
+
+    /// Takes the fetch lease if no VM holds it and `wanted` (which may also update the state)
+    /// agrees, in one compare-and-swap of the shared state; returns the request to dispatch.
+    fn take_lease(
+        &self,
+        shared: &dyn SharedData,
+        now_ms: u64,
+        mut wanted: impl FnMut(&mut FetchState) -> bool,
+    ) -> Option<FetchRequest> {
         for _ in 0..4 {
             let (mut state, cas) = self.read_state(shared);
-            let due = force || now_ms / 1000 >= state.next_refresh;
-            if !due || state.lease_until_ms > now_ms {
+            if state.lease_until_ms > now_ms || !wanted(&mut state) {
                 return None;
             }
             state.lease_until_ms = now_ms + self.settings.timeout_ms + 1_000;
@@ -253,25 +265,14 @@ impl RemoteProvider {
     /// dispatches the returned request.
     pub fn take_kid_refetch(&self, shared: &dyn SharedData, now_ms: u64) -> Option<FetchRequest> {
         let now = now_ms / 1000;
-        for _ in 0..4 {
-            let (mut state, cas) = self.read_state(shared);
-            if state.last_kid_refetch != 0
-                && now < state.last_kid_refetch + self.settings.refetch_min_interval_seconds
-            {
-                return None;
+        let interval = self.settings.refetch_min_interval_seconds;
+        self.take_lease(shared, now_ms, |state| {
+            let limited = state.last_kid_refetch != 0 && now < state.last_kid_refetch + interval;
+            if !limited {
+                state.last_kid_refetch = now;
             }
-            if state.lease_until_ms > now_ms {
-                return None;
-            }
-            state.last_kid_refetch = now;
-            state.lease_until_ms = now_ms + self.settings.timeout_ms + 1_000;
-            match self.write_state(shared, &state, cas) {
-                Ok(()) => return Some(self.request_for(&state)),
-                Err(SharedError::CasMismatch) => continue,
-                Err(SharedError::Other) => return None,
-            }
-        }
-        None
+            !limited
+        })
     }
 
     /// Handles a fetch response at `now`; `rand_unit` ∈ [0, 1) jitters the next refresh.

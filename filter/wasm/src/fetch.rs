@@ -51,7 +51,7 @@ impl Fetcher {
     pub fn new(engine: &Engine) -> Fetcher {
         let mut sources = Vec::new();
         for (i, p) in engine.config().providers.iter().enumerate() {
-            if let tokenbind_core::config::KeySource::Remote(settings) = &p.keys {
+            if let Some(settings) = p.keys.remote() {
                 let remote = RemoteProvider::new(&p.name, &p.issuer, settings.clone());
                 remote.prepare(&Envoy);
                 let gauge = host::define_gauge(&format!("tokenbind.jwks.keys.{}", p.name)).ok();

@@ -146,39 +146,45 @@ impl Shared {
         }
     }
 
+    /// The remote provider a denial is about, when the denial may only mean that its keys are
+    /// not (yet) here: no keys at all, or an unknown `kid`.
+    fn awaiting_remote_keys(&self, decision: &Decision) -> Option<(Reason, usize)> {
+        let reason = decision.denial()?.reason;
+        if !matches!(reason, Reason::UnknownKey | Reason::JwksUnavailable) {
+            return None;
+        }
+        let provider = decision.provider?;
+        self.fetcher
+            .borrow()
+            .is_remote(provider)
+            .then_some((reason, provider))
+    }
+
     /// Whether a decision should wait for keys instead of being final: the token's provider is
     /// remote and either has no keys yet, or does not know the `kid` and a refetch is granted
     /// or already under way.
     fn should_wait(&self, decision: &Decision, now_ms: u64) -> Option<usize> {
-        let denial = decision.denial()?;
-        let provider = decision.provider?;
-        let fetcher = self.fetcher.borrow();
-        if !fetcher.is_remote(provider) {
-            return None;
+        let (reason, provider) = self.awaiting_remote_keys(decision)?;
+        if reason == Reason::JwksUnavailable {
+            let deadline = now_ms + self.remote_timeout_ms(provider);
+            return self
+                .fetcher
+                .borrow()
+                .keys_may_arrive(provider, now_ms, deadline)
+                .then_some(provider);
         }
-        match denial.reason {
-            Reason::JwksUnavailable => {
-                let deadline = now_ms + self.remote_timeout_ms(provider);
-                fetcher
-                    .keys_may_arrive(provider, now_ms, deadline)
-                    .then_some(provider)
-            }
-            Reason::UnknownKey => {
-                drop(fetcher);
-                if self
-                    .fetcher
-                    .borrow_mut()
-                    .grant_kid_refetch(provider, now_ms)
-                {
-                    self.counters.increment(Counter::JwksRefetchUnknownKid);
-                    Some(provider)
-                } else if self.fetcher.borrow().fetching(provider, now_ms) {
-                    Some(provider)
-                } else {
-                    None
-                }
-            }
-            _ => None,
+        if self
+            .fetcher
+            .borrow_mut()
+            .grant_kid_refetch(provider, now_ms)
+        {
+            self.counters.increment(Counter::JwksRefetchUnknownKid);
+            Some(provider)
+        } else {
+            self.fetcher
+                .borrow()
+                .fetching(provider, now_ms)
+                .then_some(provider)
         }
     }
 
@@ -187,11 +193,8 @@ impl Shared {
             .config()
             .providers
             .get(provider)
-            .and_then(|p| match &p.keys {
-                tokenbind_core::config::KeySource::Remote(r) => Some(r.timeout_ms),
-                tokenbind_core::config::KeySource::Static(_) => None,
-            })
-            .unwrap_or(0)
+            .and_then(|p| p.keys.remote())
+            .map_or(0, |r| r.timeout_ms)
     }
 
     /// A decision made without a remote provider's current keys (unknown `kid`, or no keys yet)
@@ -199,23 +202,11 @@ impl Shared {
     /// installed yet (it syncs on its timer). Installs it now; returns whether the keys changed,
     /// i.e. whether the request must be decided again. (Also releases requests held here.)
     fn sync_if_stale(&self, decision: &Decision, now_ms: u64, current_context: u32) -> bool {
-        let Some(denial) = decision.denial() else {
-            return false;
-        };
-        if !matches!(denial.reason, Reason::UnknownKey | Reason::JwksUnavailable) {
+        if self.awaiting_remote_keys(decision).is_none() {
             return false;
         }
-        let Some(provider) = decision.provider else {
-            return false;
-        };
         let mut events = Events::default();
-        {
-            let mut fetcher = self.fetcher.borrow_mut();
-            if !fetcher.is_remote(provider) {
-                return false;
-            }
-            fetcher.sync(&self.engine, &mut events);
-        }
+        self.fetcher.borrow_mut().sync(&self.engine, &mut events);
         if events.settled.is_empty() {
             return false;
         }
