@@ -403,8 +403,14 @@ mod tests {
                 nonce_key: None,
             };
             let mut keys = ProofKeyCache::new(4);
-            dpop::verify(&p1, &req, &DpopSettings::default(), &mut keys)
-                .map_err(|d| format!("{alg:?}: {d:?}"))?;
+            dpop::verify(
+                &p1,
+                &req,
+                &DpopSettings::default(),
+                &mut keys,
+                &tokenbind_core::Crypto::wasm(),
+            )
+            .map_err(|d| format!("{alg:?}: {d:?}"))?;
         }
         Ok(())
     }

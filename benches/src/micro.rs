@@ -201,11 +201,15 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
         let token = fx.token(alg).to_owned();
         let (key, jose_alg) = issuer_key(&fx.jwks, alg)?;
         let (input, signature) = split_jws(&token)?;
-        if !key.verify(jose_alg, input.as_bytes(), &signature) {
+        if !key.verify_in_wasm(jose_alg, input.as_bytes(), &signature) {
             return Err(format!("{} signature does not verify", alg.name()));
         }
         ops.push(simple(format!("verify/{}", alg.name()), move || {
-            black_box(key.verify(jose_alg, black_box(input.as_bytes()), black_box(&signature)));
+            black_box(key.verify_in_wasm(
+                jose_alg,
+                black_box(input.as_bytes()),
+                black_box(&signature),
+            ));
         }));
     }
 
@@ -220,6 +224,7 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
         let jkt = key.jkt();
         let settings = DpopSettings::default();
         let mut keys = ProofKeyCache::new(16);
+        let crypto = tokenbind_core::Crypto::wasm();
         let request = ProofRequest {
             method: "GET",
             uri: Some(HTU),
@@ -228,7 +233,7 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
             now,
             nonce_key: None,
         };
-        dpop::verify(&proof, &request, &settings, &mut keys)
+        dpop::verify(&proof, &request, &settings, &mut keys, &crypto)
             .map_err(|d| format!("DPoP proof does not verify: {d:?}"))?;
         let name = format!("dpop/verify/{}", alg.name());
         ops.push(Box::new(Simple {
@@ -247,6 +252,7 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
                     &request,
                     &settings,
                     &mut keys,
+                    &crypto,
                 ));
             },
         }));
@@ -277,7 +283,7 @@ fn verified_facts(engine: &Engine, token: &str, now: u64) -> Result<Rc<TokenFact
         .iter()
         .map(|p| p.keys.static_keys().map(|k| Rc::new(k.clone())))
         .collect();
-    jwt::verify(token, engine.config(), &key_sets, now)
+    jwt::verify(token, engine.config(), &key_sets, engine.crypto(), now)
         .map(Rc::new)
         .map_err(|e| format!("token does not verify: {:?}", e.denial))
 }

@@ -1,6 +1,7 @@
 //! Plugin configuration: parsed and validated once (in `on_configure`), then shared
 //! read-only by every request. Every error names the offending field by its JSON path.
 
+use crate::crypto::CryptoMode;
 use crate::jwk::{Alg, AlgError, KeySet};
 use crate::remote::{self, RemoteJwks};
 use crate::spiffe::validate_trust_domain;
@@ -98,6 +99,8 @@ struct RawConfig {
     trusted_forwarders: Vec<String>,
     #[serde(default = "default_true")]
     emit_filter_state: bool,
+    #[serde(default)]
+    crypto: CryptoMode,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +350,9 @@ pub struct Config {
     pub trusted_forwarders: Vec<String>,
     /// Write the decision to Envoy filter state (`wasm.tokenbind.*`) for access logs.
     pub emit_filter_state: bool,
+    /// Who verifies signatures: Envoy's BoringSSL where it can (`auto`), always (`host`), or
+    /// pure Rust only (`wasm`). See [`crate::crypto`].
+    pub crypto: CryptoMode,
 }
 
 /// Reads a file named by the configuration (`jwks_file`). The Wasm adapter and tests
@@ -480,6 +486,7 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
     Ok(Config {
         trusted_forwarders: raw.trusted_forwarders,
         emit_filter_state: raw.emit_filter_state,
+        crypto: raw.crypto,
         dpop,
         mode: raw.mode,
         providers,

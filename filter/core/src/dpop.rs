@@ -6,6 +6,7 @@
 //! by the token's own key can ever occupy the replay store.
 
 use crate::config::DpopSettings;
+use crate::crypto::Crypto;
 use crate::jwk::{self, Alg, PublicKey};
 use crate::jwt;
 use crate::nonce;
@@ -127,6 +128,7 @@ pub fn verify_signature(
     proof: &str,
     settings: &DpopSettings,
     keys: &mut ProofKeyCache,
+    crypto: &Crypto,
 ) -> Result<SignedProof, Denial> {
     if proof.len() > settings.max_proof_bytes {
         return Err(invalid("DPoP proof exceeds dpop.max_proof_bytes"));
@@ -165,7 +167,7 @@ pub fn verify_signature(
     if !key.supports(alg) {
         return Err(invalid("DPoP proof alg does not fit its jwk"));
     }
-    if !key.verify(alg, jws.signing_input.as_bytes(), &jws.signature) {
+    if !crypto.verify(&key, alg, jws.signing_input.as_bytes(), &jws.signature) {
         return Err(invalid("DPoP proof signature does not verify"));
     }
     Ok(SignedProof {
@@ -181,8 +183,9 @@ pub fn verify(
     req: &ProofRequest<'_>,
     settings: &DpopSettings,
     keys: &mut ProofKeyCache,
+    crypto: &Crypto,
 ) -> Result<VerifiedProof, Denial> {
-    let SignedProof { thumbprint, claims } = verify_signature(proof, settings, keys)?;
+    let SignedProof { thumbprint, claims } = verify_signature(proof, settings, keys, crypto)?;
 
     // 3. Required claims.
     let claims = &claims;

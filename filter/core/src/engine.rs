@@ -4,6 +4,7 @@
 use crate::binding::{self, Bindings};
 use crate::cache::{token_hash, TokenCache, TokenHash};
 use crate::config::{Config, Mode};
+use crate::crypto::Crypto;
 use crate::dpop::{self, ProofKeyCache, ProofRequest};
 use crate::extract::{self, Scheme};
 use crate::host::Host;
@@ -171,10 +172,17 @@ pub struct Engine {
     cache: RefCell<TokenCache>,
     proof_keys: RefCell<ProofKeyCache>,
     replay: ReplayStore,
+    crypto: Crypto,
 }
 
 impl Engine {
+    /// An engine that verifies every signature in pure Rust.
     pub fn new(config: Config) -> Self {
+        Engine::with_crypto(config, Crypto::wasm())
+    }
+
+    /// An engine whose signatures go through `crypto` (see [`Crypto::select`]).
+    pub fn with_crypto(config: Config, crypto: Crypto) -> Self {
         let cache = RefCell::new(TokenCache::new(config.cache_max_entries));
         let replay = ReplayStore::new(config.dpop.replay_max_entries);
         let key_sets = config
@@ -188,11 +196,16 @@ impl Engine {
             cache,
             proof_keys: RefCell::new(ProofKeyCache::new(PROOF_KEY_CACHE_ENTRIES)),
             replay,
+            crypto,
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
     }
 
     /// Installs a provider's (newly fetched) keys. Tokens already verified stay cached until
@@ -246,7 +259,7 @@ impl Engine {
                 decision.cache = CacheUse::Miss;
                 let verified = {
                     let key_sets = self.key_sets.borrow();
-                    jwt::verify(credential.token, &self.config, &key_sets, now)
+                    jwt::verify(credential.token, &self.config, &key_sets, &self.crypto, now)
                 };
                 match verified {
                     Ok(facts) => {
@@ -392,8 +405,14 @@ impl Engine {
             now,
             nonce_key: nonce_key.as_ref(),
         };
-        let verified = dpop::verify(proof, &request, settings, &mut self.proof_keys.borrow_mut())
-            .inspect_err(|d| {
+        let verified = dpop::verify(
+            proof,
+            &request,
+            settings,
+            &mut self.proof_keys.borrow_mut(),
+            &self.crypto,
+        )
+        .inspect_err(|d| {
             if let (Reason::DpopNonceRequired, Some(key)) = (d.reason, &nonce_key) {
                 *nonce_to_send = Some(nonce::issue(key, now, settings.nonce_lifetime_seconds));
             }
@@ -403,12 +422,12 @@ impl Engine {
             .map_err(|e| match e {
                 ReplayError::Replayed => Denial::new(Reason::DpopReplayed, "jti already used"),
                 ReplayError::Full => Denial::new(
-                    Reason::DpopReplayed,
-                    "replay store full; raise dpop.replay_cache.max_entries",
+                    Reason::DpopReplayStoreFull,
+                    "replay store bucket full of live proofs; raise dpop.replay_cache.max_entries",
                 ),
                 ReplayError::Unavailable => Denial::new(
-                    Reason::DpopReplayed,
-                    "replay store unavailable; failing closed",
+                    Reason::DpopReplayStoreUnavailable,
+                    "replay store could not be written (shared data contention or error); failing closed",
                 ),
             })
     }

@@ -5,10 +5,12 @@
 //! encryption, unsupported key types or curves, and keys carrying private members are
 //! skipped (and reported), while a malformed key we would use is an error naming the field.
 
+use crate::crypto;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::Arc;
 
 /// Asymmetric JWS algorithms (RFC 7518 §3, RFC 8037). Symmetric (`HS*`) and `none` are
 /// deliberately not representable.
@@ -91,13 +93,22 @@ const MIN_RSA_BITS: usize = 2048;
 /// Upper bound on RSA modulus, to keep verification cost bounded.
 const MAX_RSA_BITS: usize = 8192;
 
-/// A parsed public key, ready to verify.
+/// A parsed public key in pure-Rust form.
 #[derive(Clone)]
-pub enum PublicKey {
+pub enum KeyMaterial {
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
     Rsa(Box<rsa::RsaPublicKey>),
+}
+
+/// A public key, ready for either signature backend ([`crate::crypto`]): the pure-Rust key,
+/// and for EC and RSA keys the DER SubjectPublicKeyInfo the host verifies with, encoded once
+/// when the key is parsed (key set installed, proof key first seen), never per request.
+#[derive(Clone)]
+pub struct PublicKey {
+    material: KeyMaterial,
+    spki: Option<Arc<[u8]>>,
 }
 
 impl fmt::Debug for PublicKey {
@@ -107,44 +118,62 @@ impl fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// Whether this key can verify signatures made with `alg`.
+    fn new(material: KeyMaterial, spki: Option<Vec<u8>>) -> Self {
+        PublicKey {
+            material,
+            spki: spki.map(Arc::from),
+        }
+    }
+
+    pub fn material(&self) -> &KeyMaterial {
+        &self.material
+    }
+
+    /// The DER SubjectPublicKeyInfo, for keys the host can verify with.
+    pub fn spki(&self) -> Option<&[u8]> {
+        self.spki.as_deref()
+    }
+
+    /// Whether this key can verify signatures made with `alg`: the key type and, for EC, the
+    /// curve must be the algorithm's.
     pub fn supports(&self, alg: Alg) -> bool {
         matches!(
-            (self, alg),
-            (PublicKey::P256(_), Alg::ES256)
-                | (PublicKey::P384(_), Alg::ES384)
-                | (PublicKey::Ed25519(_), Alg::EdDSA)
+            (&self.material, alg),
+            (KeyMaterial::P256(_), Alg::ES256)
+                | (KeyMaterial::P384(_), Alg::ES384)
+                | (KeyMaterial::Ed25519(_), Alg::EdDSA)
                 | (
-                    PublicKey::Rsa(_),
+                    KeyMaterial::Rsa(_),
                     Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
                 )
         )
     }
 
-    /// Verifies a JWS signature over `signing_input`. Returns false on any mismatch,
-    /// including a signature of the wrong length or a key that does not fit `alg`.
-    pub fn verify(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
+    /// Verifies a JWS signature over `signing_input` in pure Rust. Returns false on any
+    /// mismatch, including a signature of the wrong length or a key that does not fit `alg`.
+    /// The request path goes through [`crate::crypto::Crypto::verify`], which picks the backend.
+    pub fn verify_in_wasm(&self, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier;
-        match (self, alg) {
-            (PublicKey::P256(key), Alg::ES256) => p256::ecdsa::Signature::from_slice(signature)
+        match (&self.material, alg) {
+            (KeyMaterial::P256(key), Alg::ES256) => p256::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
-            (PublicKey::P384(key), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
+            (KeyMaterial::P384(key), Alg::ES384) => p384::ecdsa::Signature::from_slice(signature)
                 .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
             // Strict verification: rejects small-order keys and non-canonical signatures.
-            (PublicKey::Ed25519(key), Alg::EdDSA) => {
+            (KeyMaterial::Ed25519(key), Alg::EdDSA) => {
                 ed25519_dalek::Signature::from_slice(signature)
                     .is_ok_and(|sig| key.verify_strict(signing_input, &sig).is_ok())
             }
-            (PublicKey::Rsa(key), alg) => verify_rsa(key, alg, signing_input, signature),
+            (KeyMaterial::Rsa(key), alg) => verify_rsa(key, alg, signing_input, signature),
             _ => false,
         }
     }
 
     pub const fn kty(&self) -> &'static str {
-        match self {
-            PublicKey::P256(_) | PublicKey::P384(_) => "EC",
-            PublicKey::Ed25519(_) => "OKP",
-            PublicKey::Rsa(_) => "RSA",
+        match self.material {
+            KeyMaterial::P256(_) | KeyMaterial::P384(_) => "EC",
+            KeyMaterial::Ed25519(_) => "OKP",
+            KeyMaterial::Rsa(_) => "RSA",
         }
     }
 }
@@ -321,6 +350,7 @@ impl KeySet {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // transient: one per parsed key
 enum Parsed {
     Use(PublicKey, Option<Alg>),
     Skip(&'static str),
@@ -398,7 +428,10 @@ fn parse_key(obj: &Map<String, Value>, path: &str) -> Result<Parsed, JwksError> 
                     let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| {
                         err(format!("{path}.x"), "x/y is not a point on the P-256 curve")
                     })?;
-                    PublicKey::P256(key)
+                    PublicKey::new(
+                        KeyMaterial::P256(key),
+                        Some(crypto::ec_spki(&crypto::P256_OID, &sec1)),
+                    )
                 }
                 "P-384" => {
                     let x: [u8; 48] = fixed(b64_member(obj, path, "x")?, path, "x")?;
@@ -410,7 +443,10 @@ fn parse_key(obj: &Map<String, Value>, path: &str) -> Result<Parsed, JwksError> 
                     let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| {
                         err(format!("{path}.x"), "x/y is not a point on the P-384 curve")
                     })?;
-                    PublicKey::P384(key)
+                    PublicKey::new(
+                        KeyMaterial::P384(key),
+                        Some(crypto::ec_spki(&crypto::P384_OID, &sec1)),
+                    )
                 }
                 _ => return Ok(Parsed::Skip("unsupported EC curve")),
             }
@@ -423,12 +459,12 @@ fn parse_key(obj: &Map<String, Value>, path: &str) -> Result<Parsed, JwksError> 
             let x: [u8; 32] = fixed(b64_member(obj, path, "x")?, path, "x")?;
             let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
                 .map_err(|_| err(format!("{path}.x"), "is not an Ed25519 public key"))?;
-            PublicKey::Ed25519(key)
+            PublicKey::new(KeyMaterial::Ed25519(key), None)
         }
         "RSA" => {
-            let n = b64_member(obj, path, "n")?;
-            let e = b64_member(obj, path, "e")?;
-            let n = rsa::BigUint::from_bytes_be(&n);
+            let n_bytes = b64_member(obj, path, "n")?;
+            let e_bytes = b64_member(obj, path, "e")?;
+            let n = rsa::BigUint::from_bytes_be(&n_bytes);
             let bits = n.bits();
             if bits < MIN_RSA_BITS {
                 return Err(err(
@@ -442,10 +478,13 @@ fn parse_key(obj: &Map<String, Value>, path: &str) -> Result<Parsed, JwksError> 
                     format!("RSA modulus is {bits} bits; at most {MAX_RSA_BITS} are accepted"),
                 ));
             }
-            let e = rsa::BigUint::from_bytes_be(&e);
+            let e = rsa::BigUint::from_bytes_be(&e_bytes);
             let key = rsa::RsaPublicKey::new_with_max_size(n, e, MAX_RSA_BITS)
                 .map_err(|_| err(format!("{path}.e"), "is not a valid RSA public exponent"))?;
-            PublicKey::Rsa(Box::new(key))
+            PublicKey::new(
+                KeyMaterial::Rsa(Box::new(key)),
+                Some(crypto::rsa_spki(&n_bytes, &e_bytes)),
+            )
         }
         "oct" => return Ok(Parsed::Skip("symmetric keys are never accepted")),
         _ => return Ok(Parsed::Skip("unsupported key type")),

@@ -3,6 +3,7 @@
 //! small set of verified facts that the binding checks need, which is what gets cached.
 
 use crate::config::{Config, Provider, SpiffeBinding};
+use crate::crypto::Crypto;
 use crate::jwk::KeySet;
 use crate::jwk::{Alg, AlgError};
 use crate::reason::{Denial, Reason};
@@ -225,10 +226,11 @@ pub fn verify(
     token: &str,
     config: &Config,
     key_sets: &[Option<Rc<KeySet>>],
+    crypto: &Crypto,
     now: u64,
 ) -> Result<TokenFacts, VerifyError> {
     let mut routed = None;
-    verify_routed(token, config, key_sets, now, &mut routed).map_err(|denial| VerifyError {
+    verify_routed(token, config, key_sets, crypto, now, &mut routed).map_err(|denial| VerifyError {
         denial,
         provider: routed,
     })
@@ -238,6 +240,7 @@ fn verify_routed(
     token: &str,
     config: &Config,
     key_sets: &[Option<Rc<KeySet>>],
+    crypto: &Crypto,
     now: u64,
     routed: &mut Option<usize>,
 ) -> Result<TokenFacts, Denial> {
@@ -305,7 +308,7 @@ fn verify_routed(
         ));
     }
     let input = jws.signing_input.as_bytes();
-    if !candidates.any(|k| k.key.verify(alg, input, &jws.signature)) {
+    if !candidates.any(|k| crypto.verify(&k.key, alg, input, &jws.signature)) {
         return Err(deny(Reason::BadSignature, "signature does not verify"));
     }
 

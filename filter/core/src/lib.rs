@@ -3,6 +3,7 @@
 //! Modules are named after what they decide:
 //! - [`extract`]: where the token is (`Authorization`).
 //! - [`jwt`] and [`jwk`]: is the token valid (signature, issuer, time, audience).
+//! - [`crypto`]: who checks a signature (Envoy's BoringSSL or pure Rust), chosen at start-up.
 //! - [`binding`]: is it bound to this caller ([`peer`], [`spiffe`], RFC 8705 thumbprint).
 //! - [`dpop`], [`replay`], [`nonce`], [`uri`]: RFC 9449 proof-of-possession.
 //! - [`cache`]: the verified-token cache.
@@ -13,6 +14,7 @@
 pub mod binding;
 pub mod cache;
 pub mod config;
+pub mod crypto;
 pub mod dpop;
 pub mod engine;
 pub mod extract;
@@ -31,6 +33,7 @@ pub mod uri;
 pub mod xfcc;
 
 pub use config::{Config, ConfigError, Mode};
+pub use crypto::{Crypto, CryptoMode};
 pub use engine::{CacheUse, Decision, Engine, Outcome, Xfcc};
 pub use host::{Host, MockHost, SharedData, SharedError};
 pub use peer::Peer;

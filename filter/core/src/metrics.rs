@@ -16,11 +16,13 @@ pub enum Counter {
     XfccUsed,
     XfccUntrusted,
     XfccInvalid,
+    /// A host signature check that could not answer and fell back to pure Rust.
+    CryptoHostError,
     Denied(Reason),
     WouldDeny(Reason),
 }
 
-const FIXED: usize = 10;
+const FIXED: usize = 11;
 const REASONS: usize = Reason::ALL.len();
 /// Number of counters.
 pub const COUNT: usize = FIXED + 2 * REASONS;
@@ -39,6 +41,7 @@ impl Counter {
             Counter::XfccUsed,
             Counter::XfccUntrusted,
             Counter::XfccInvalid,
+            Counter::CryptoHostError,
         ]
         .into_iter()
         .chain(Reason::ALL.into_iter().map(Counter::Denied))
@@ -57,6 +60,7 @@ impl Counter {
             Counter::XfccUsed => 7,
             Counter::XfccUntrusted => 8,
             Counter::XfccInvalid => 9,
+            Counter::CryptoHostError => 10,
             Counter::Denied(r) => FIXED + r.index(),
             Counter::WouldDeny(r) => FIXED + REASONS + r.index(),
         }
@@ -75,6 +79,7 @@ impl Counter {
             Counter::XfccUsed => "tokenbind.xfcc.used".to_owned(),
             Counter::XfccUntrusted => "tokenbind.xfcc.untrusted".to_owned(),
             Counter::XfccInvalid => "tokenbind.xfcc.invalid".to_owned(),
+            Counter::CryptoHostError => "tokenbind.crypto.host_error".to_owned(),
             Counter::Denied(r) => format!("tokenbind.denied.{}", r.as_str()),
             Counter::WouldDeny(r) => format!("tokenbind.monitor.would_deny.{}", r.as_str()),
         }

@@ -25,6 +25,8 @@ pub enum Reason {
     DpopRequired,
     DpopInvalid,
     DpopReplayed,
+    DpopReplayStoreFull,
+    DpopReplayStoreUnavailable,
     DpopKeyMismatch,
     DpopAthMismatch,
     DpopHtmMismatch,
@@ -37,7 +39,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order. Used to pre-define one counter per reason.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 30] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::TokenTooLarge,
@@ -58,6 +60,8 @@ impl Reason {
         Reason::DpopRequired,
         Reason::DpopInvalid,
         Reason::DpopReplayed,
+        Reason::DpopReplayStoreFull,
+        Reason::DpopReplayStoreUnavailable,
         Reason::DpopKeyMismatch,
         Reason::DpopAthMismatch,
         Reason::DpopHtmMismatch,
@@ -91,6 +95,8 @@ impl Reason {
             Reason::DpopRequired => "dpop_required",
             Reason::DpopInvalid => "dpop_invalid",
             Reason::DpopReplayed => "dpop_replayed",
+            Reason::DpopReplayStoreFull => "dpop_replay_store_full",
+            Reason::DpopReplayStoreUnavailable => "dpop_replay_store_unavailable",
             Reason::DpopKeyMismatch => "dpop_key_mismatch",
             Reason::DpopAthMismatch => "dpop_ath_mismatch",
             Reason::DpopHtmMismatch => "dpop_htm_mismatch",
@@ -100,6 +106,15 @@ impl Reason {
             Reason::DpopDowngrade => "dpop_downgrade",
             Reason::JwksUnavailable => "jwks_unavailable",
         }
+    }
+
+    /// Whether the reason is the server's own capacity or state, not the request: answered
+    /// with 503 and `Retry-After`, never blamed on the client's credential.
+    pub const fn is_server_side(self) -> bool {
+        matches!(
+            self,
+            Reason::DpopReplayStoreFull | Reason::DpopReplayStoreUnavailable
+        )
     }
 
     /// Whether the reason is about the DPoP proof itself (RFC 9449 `invalid_dpop_proof`).
@@ -150,6 +165,12 @@ impl Reason {
             Reason::DpopRequired => "the token is DPoP-bound and requires a DPoP proof",
             Reason::DpopInvalid => "the DPoP proof is invalid",
             Reason::DpopReplayed => "the DPoP proof has already been used",
+            Reason::DpopReplayStoreFull => {
+                "the server cannot record more DPoP proofs right now; retry with a new proof"
+            }
+            Reason::DpopReplayStoreUnavailable => {
+                "the server cannot record the DPoP proof right now; retry with a new proof"
+            }
             Reason::DpopKeyMismatch => "the DPoP proof key is not the key the token is bound to",
             Reason::DpopAthMismatch => "the DPoP proof is not bound to this access token",
             Reason::DpopHtmMismatch => "the DPoP proof is for another HTTP method",

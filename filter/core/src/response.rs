@@ -1,4 +1,5 @@
-//! The 401 a denied request receives (RFC 6750 §3).
+//! The reply a denied request receives: a 401 with an RFC 6750 / RFC 9449 challenge, or a 503
+//! when the server itself is out of capacity.
 
 use crate::reason::Reason;
 
@@ -60,6 +61,9 @@ pub fn www_authenticate(reason: Reason, challenge: &Challenge<'_>) -> String {
 /// The full 401 reply. The body names the reason and never echoes request data. A fresh
 /// `DPoP-Nonce` rides along when the client must retry with one.
 pub fn unauthorized(reason: Reason, challenge: &Challenge<'_>, dpop_nonce: Option<&str>) -> Reply {
+    if reason.is_server_side() {
+        return unavailable(reason);
+    }
     let mut headers = vec![
         ("www-authenticate", www_authenticate(reason, challenge)),
         ("content-type", "application/json".to_owned()),
@@ -74,6 +78,24 @@ pub fn unauthorized(reason: Reason, challenge: &Challenge<'_>, dpop_nonce: Optio
         body: format!(
             "{{\"error\":\"{}\",\"reason\":\"{}\"}}",
             error_code(reason),
+            reason.as_str()
+        ),
+    }
+}
+
+/// A 503 for a denial that is the server's own capacity or state (a full replay store): the
+/// credential was not judged bad, so there is no challenge; the client may retry with a fresh
+/// proof.
+fn unavailable(reason: Reason) -> Reply {
+    Reply {
+        status: 503,
+        headers: vec![
+            ("content-type", "application/json".to_owned()),
+            ("cache-control", "no-store".to_owned()),
+            ("retry-after", "1".to_owned()),
+        ],
+        body: format!(
+            "{{\"error\":\"temporarily_unavailable\",\"reason\":\"{}\"}}",
             reason.as_str()
         ),
     }
@@ -134,10 +156,17 @@ mod tests {
     fn body_is_json_with_reason() {
         for r in Reason::ALL {
             let reply = unauthorized(r, &BEARER, None);
-            assert_eq!(reply.status, 401);
             let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
-            assert_eq!(v["error"], error_code(r));
             assert_eq!(v["reason"], r.as_str());
+            if r.is_server_side() {
+                assert_eq!(reply.status, 503);
+                assert_eq!(v["error"], "temporarily_unavailable");
+                assert!(reply.headers.contains(&("retry-after", "1".to_owned())));
+                assert!(!reply.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+            } else {
+                assert_eq!(reply.status, 401);
+                assert_eq!(v["error"], error_code(r));
+            }
         }
     }
 }

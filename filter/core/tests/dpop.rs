@@ -16,7 +16,9 @@ use tokenbind_core::config::DpopSettings;
 use tokenbind_core::dpop::{self, access_token_hash, ProofKeyCache, ProofRequest};
 use tokenbind_core::host::MemorySharedData;
 use tokenbind_core::jwk::thumbprint;
-use tokenbind_core::{Decision, Host, MockHost, Outcome, Peer, Reason, SharedData, SharedError};
+use tokenbind_core::{
+    Crypto, Decision, Host, MockHost, Outcome, Peer, Reason, SharedData, SharedError,
+};
 
 // ---- RFC 9449 examples -------------------------------------------------------------------
 
@@ -48,8 +50,13 @@ fn rfc_request(access_token: &str) -> ProofRequest<'_> {
 #[test]
 fn rfc9449_4_1_token_request_proof_verifies_with_its_own_jwk() {
     let mut keys = ProofKeyCache::new(8);
-    let proof =
-        dpop::verify_signature(RFC_TOKEN_PROOF, &DpopSettings::default(), &mut keys).unwrap();
+    let proof = dpop::verify_signature(
+        RFC_TOKEN_PROOF,
+        &DpopSettings::default(),
+        &mut keys,
+        &Crypto::wasm(),
+    )
+    .unwrap();
     assert_eq!(proof.thumbprint, RFC_JKT);
     assert_eq!(proof.claims["htm"], "POST");
     assert_eq!(proof.claims["htu"], "https://server.example.com/token");
@@ -60,7 +67,8 @@ fn rfc9449_4_1_token_request_proof_verifies_with_its_own_jwk() {
     let i = bad.len() - 10;
     let c = if &bad[i..=i] == "A" { "B" } else { "A" };
     bad.replace_range(i..=i, c);
-    let err = dpop::verify_signature(&bad, &DpopSettings::default(), &mut keys).unwrap_err();
+    let err = dpop::verify_signature(&bad, &DpopSettings::default(), &mut keys, &Crypto::wasm())
+        .unwrap_err();
     assert_eq!(err.reason, Reason::DpopInvalid);
 }
 
@@ -82,6 +90,7 @@ fn rfc9449_7_1_figure_13_resource_proof_verifies_for_its_access_token_only() {
         &rfc_request(RFC_ACCESS_TOKEN),
         &settings,
         &mut keys,
+        &Crypto::wasm(),
     )
     .unwrap();
     let other = dpop::verify(
@@ -89,39 +98,64 @@ fn rfc9449_7_1_figure_13_resource_proof_verifies_for_its_access_token_only() {
         &rfc_request("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxV"),
         &settings,
         &mut keys,
+        &Crypto::wasm(),
     );
     assert_eq!(other.unwrap_err().reason, Reason::DpopAthMismatch);
     // The same proof for another method, URI or time.
     let mut req = rfc_request(RFC_ACCESS_TOKEN);
     req.method = "POST";
     assert_eq!(
-        dpop::verify(RFC_RESOURCE_PROOF, &req, &settings, &mut keys)
-            .unwrap_err()
-            .reason,
+        dpop::verify(
+            RFC_RESOURCE_PROOF,
+            &req,
+            &settings,
+            &mut keys,
+            &Crypto::wasm()
+        )
+        .unwrap_err()
+        .reason,
         Reason::DpopHtmMismatch
     );
     let mut req = rfc_request(RFC_ACCESS_TOKEN);
     req.uri = Some("https://resource.example.org/other");
     assert_eq!(
-        dpop::verify(RFC_RESOURCE_PROOF, &req, &settings, &mut keys)
-            .unwrap_err()
-            .reason,
+        dpop::verify(
+            RFC_RESOURCE_PROOF,
+            &req,
+            &settings,
+            &mut keys,
+            &Crypto::wasm()
+        )
+        .unwrap_err()
+        .reason,
         Reason::DpopHtuMismatch
     );
     let mut req = rfc_request(RFC_ACCESS_TOKEN);
     req.now = 1_562_262_618 + 61;
     assert_eq!(
-        dpop::verify(RFC_RESOURCE_PROOF, &req, &settings, &mut keys)
-            .unwrap_err()
-            .reason,
+        dpop::verify(
+            RFC_RESOURCE_PROOF,
+            &req,
+            &settings,
+            &mut keys,
+            &Crypto::wasm()
+        )
+        .unwrap_err()
+        .reason,
         Reason::DpopIatOutOfWindow
     );
     let mut req = rfc_request(RFC_ACCESS_TOKEN);
     req.jkt = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
     assert_eq!(
-        dpop::verify(RFC_RESOURCE_PROOF, &req, &settings, &mut keys)
-            .unwrap_err()
-            .reason,
+        dpop::verify(
+            RFC_RESOURCE_PROOF,
+            &req,
+            &settings,
+            &mut keys,
+            &Crypto::wasm()
+        )
+        .unwrap_err()
+        .reason,
         Reason::DpopKeyMismatch
     );
 }

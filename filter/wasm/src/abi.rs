@@ -9,6 +9,8 @@ use std::ptr::{null, null_mut};
 
 /// Proxy-wasm status codes (ABI 0.2.1).
 pub const OK: u32 = 0;
+pub const NOT_FOUND: u32 = 1;
+pub const BAD_ARGUMENT: u32 = 2;
 pub const CAS_MISMATCH: u32 = 8;
 
 /// `MapType` values.
@@ -71,6 +73,14 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
 }
 
 /// Takes ownership of a buffer the host allocated through the SDK's
@@ -253,6 +263,31 @@ pub fn now_nanos() -> Option<u64> {
     // SAFETY: the out-pointer is a valid local.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
     (status == OK).then_some(t)
+}
+
+/// Calls a host foreign function (Envoy: `verify_signature`, ...). The status and the result
+/// bytes (empty when the host returned none).
+pub fn call_foreign_function(name: &str, arguments: &[u8]) -> (u32, Vec<u8>) {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: both slices are live for the call; the out-pointers are valid locals.
+    let status = unsafe {
+        proxy_call_foreign_function(
+            name.as_ptr(),
+            name.len(),
+            if arguments.is_empty() {
+                null()
+            } else {
+                arguments.as_ptr()
+            },
+            arguments.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    // SAFETY: as in `header_value`.
+    let bytes = unsafe { take(data, size) };
+    (status, bytes)
 }
 
 #[cfg(test)]

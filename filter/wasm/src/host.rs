@@ -5,6 +5,7 @@
 use crate::abi;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MetricType, Status};
+use tokenbind_core::crypto::{self, HostCryptoError, HostRequest, SignatureHost};
 use tokenbind_core::{Host, Peer, SharedData, SharedError};
 
 /// The proxy, as the decision engine sees it. Host calls are global in proxy-wasm, so this
@@ -50,6 +51,32 @@ impl Host for Envoy {
 
     fn downstream_tls(&self) -> Option<bool> {
         Some(abi::property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()))
+    }
+}
+
+/// Envoy's BoringSSL, through the `verify_signature` foreign function. A failed call (not a
+/// "does not verify") increments `tokenbind.crypto.host_error`; the core then falls back to
+/// pure Rust.
+pub struct EnvoyCrypto {
+    pub error_counter: Option<u32>,
+}
+
+impl SignatureHost for EnvoyCrypto {
+    fn verify(&self, request: &HostRequest<'_>) -> Result<bool, HostCryptoError> {
+        let arguments = crypto::encode_arguments(request);
+        let (status, result) = abi::call_foreign_function("verify_signature", &arguments);
+        let outcome = match status {
+            abi::OK => crypto::decode_result(&result).map(|(valid, _error)| valid),
+            abi::NOT_FOUND => Err(HostCryptoError::Missing),
+            abi::BAD_ARGUMENT => Err(HostCryptoError::BadArgument),
+            other => Err(HostCryptoError::Failed(format!("status {other}"))),
+        };
+        if outcome.is_err() {
+            if let Some(id) = self.error_counter {
+                increment(id);
+            }
+        }
+        outcome
     }
 }
 

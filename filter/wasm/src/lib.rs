@@ -13,9 +13,10 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
 use std::rc::Rc;
+use tokenbind_core::crypto::{self, SignatureHost};
 use tokenbind_core::metrics::{self, Counter};
 use tokenbind_core::replay::ReplayStore;
-use tokenbind_core::{nonce, Config, Decision, Engine, Host, Mode, Reason};
+use tokenbind_core::{nonce, Config, Crypto, CryptoMode, Decision, Engine, Host, Mode, Reason};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -46,6 +47,10 @@ impl Counters {
             }
         }
         Counters(ids)
+    }
+
+    fn id(&self, counter: Counter) -> Option<u32> {
+        self.0.get(counter.index()).copied().flatten()
     }
 
     fn increment(&self, counter: Counter) {
@@ -265,6 +270,47 @@ impl Shared {
     }
 }
 
+/// Detects once whether Envoy verifies signatures for us (a known-answer probe of
+/// `verify_signature`), then chooses the backend per algorithm for `mode`. `None` (after logging
+/// why) when `crypto: "host"` cannot be honoured.
+fn select_crypto(mode: CryptoMode, counters: &Counters) -> Option<Crypto> {
+    let envoy = || host::EnvoyCrypto {
+        error_counter: counters.id(Counter::CryptoHostError),
+    };
+    let host: Option<Box<dyn SignatureHost>> = match mode {
+        CryptoMode::Wasm => None,
+        CryptoMode::Auto | CryptoMode::Host => match crypto::probe(&envoy()) {
+            Ok(()) => Some(Box::new(envoy())),
+            Err(e) => {
+                let level = if mode == CryptoMode::Host {
+                    log::Level::Error
+                } else {
+                    log::Level::Info
+                };
+                log::log!(
+                    level,
+                    "tokenbind: host signature verification unusable: {e}"
+                );
+                None
+            }
+        },
+    };
+    match Crypto::select(mode, host) {
+        Ok(crypto) => {
+            log::info!(
+                "tokenbind: crypto: {} (crypto={})",
+                crypto.describe(),
+                mode.as_str()
+            );
+            Some(crypto)
+        }
+        Err(e) => {
+            log::error!("tokenbind: invalid configuration: {e}");
+            None
+        }
+    }
+}
+
 struct Root {
     context_id: u32,
     shared: Option<Rc<Shared>>,
@@ -341,12 +387,16 @@ impl RootContext for Root {
             config.require_binding,
             config.cache_max_entries
         );
-        let engine = Engine::new(config);
+        let counters = Counters::define();
+        let Some(crypto) = select_crypto(config.crypto, &counters) else {
+            return false;
+        };
+        let engine = Engine::with_crypto(config, crypto);
         let fetcher = Fetcher::new(&engine);
         let remote = fetcher.has_work();
         let shared = Rc::new(Shared {
             engine,
-            counters: Counters::define(),
+            counters,
             fetcher: RefCell::new(fetcher),
         });
         if remote {
