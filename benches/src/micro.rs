@@ -444,8 +444,8 @@ impl Host for DpopHost {
     fn request_header_values(&self, name: &str) -> Vec<String> {
         self.request_header(name).into_iter().collect()
     }
-    fn peer(&self) -> Peer {
-        self.peer.clone()
+    fn peer(&self, want: tokenbind_core::peer::PeerWant) -> Peer {
+        self.peer.masked(want)
     }
     fn downstream_tls(&self) -> Option<bool> {
         Some(true)

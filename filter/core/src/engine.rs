@@ -12,7 +12,7 @@ use crate::jwk::KeySet;
 use crate::jwt::{self, TokenFacts};
 use crate::metrics::Counter;
 use crate::nonce;
-use crate::peer::Peer;
+use crate::peer::{Peer, PeerWant};
 use crate::reason::{Denial, Reason};
 use crate::replay::{ReplayError, ReplayStore};
 use crate::response::{self, Challenge, Reply};
@@ -276,7 +276,7 @@ impl Engine {
             }
         };
 
-        let peer = self.effective_peer(host, host.peer(), &mut decision);
+        let peer = self.effective_peer(host, host.peer(self.peer_want(&facts)), &mut decision);
         let mut nonce_to_send = None;
         let mut check_dpop = |jkt: &str| {
             self.check_dpop(host, &path, credential.token, jkt, now, &mut nonce_to_send)
@@ -296,6 +296,17 @@ impl Engine {
         decision.peer = Some(peer);
         decision.facts = Some(facts);
         decision
+    }
+
+    /// The peer attributes this token's decision reads: the URI SAN for SPIFFE binding, trusted
+    /// forwarders and the filter-state/log identity; the certificate digest only for
+    /// `cnf.x5t#S256` and XFCC.
+    fn peer_want(&self, facts: &TokenFacts) -> PeerWant {
+        let forwarders = !self.config.trusted_forwarders.is_empty();
+        PeerWant {
+            uri_san: self.config.spiffe.is_some() || forwarders || self.config.emit_filter_state,
+            digest: facts.cnf.x5t_s256.is_some() || forwarders,
+        }
     }
 
     /// The caller whose identity the bindings check: the mTLS peer, or, when the peer is a

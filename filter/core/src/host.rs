@@ -1,7 +1,7 @@
 //! The narrow interface to the proxy: request headers, the mTLS peer and shared data.
 //! The Wasm adapter implements it with proxy-wasm host calls; tests use [`MockHost`].
 
-use crate::peer::Peer;
+use crate::peer::{Peer, PeerWant};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -30,8 +30,8 @@ pub trait Host: SharedData {
     fn request_header(&self, name: &str) -> Option<String>;
     /// Every occurrence of a request header, for headers that must appear exactly once.
     fn request_header_values(&self, name: &str) -> Vec<String>;
-    /// The downstream TLS peer.
-    fn peer(&self) -> Peer;
+    /// The downstream TLS peer: only the `want`ed attributes are read (see [`crate::peer::read`]).
+    fn peer(&self, want: PeerWant) -> Peer;
     /// Whether the downstream connection is TLS, if the proxy can tell. DPoP rebuilds `htu`
     /// with the scheme the client really used: Envoy derives `:scheme` for HTTP/1 from a
     /// client-supplied `x-forwarded-proto` unless `use_remote_address` is set.
@@ -172,9 +172,9 @@ impl Host for MockHost {
             .collect()
     }
 
-    fn peer(&self) -> Peer {
+    fn peer(&self, want: PeerWant) -> Peer {
         self.peer_reads.set(self.peer_reads.get() + 1);
-        self.peer.clone()
+        self.peer.masked(want)
     }
 
     fn downstream_tls(&self) -> Option<bool> {

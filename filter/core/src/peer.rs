@@ -13,7 +13,65 @@ pub struct Peer {
     pub cert_sha256: Option<[u8; 32]>,
 }
 
+/// Which peer attributes a decision needs. Each costs a host call, so the engine asks only
+/// for what the token's bindings (and the configuration) will look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerWant {
+    /// `connection.uri_san_peer_certificate`: SPIFFE binding, trusted forwarders, logs.
+    pub uri_san: bool,
+    /// `connection.sha256_peer_certificate_digest`: `cnf.x5t#S256`, XFCC.
+    pub digest: bool,
+}
+
+impl PeerWant {
+    pub const NOTHING: PeerWant = PeerWant {
+        uri_san: false,
+        digest: false,
+    };
+    pub const ALL: PeerWant = PeerWant {
+        uri_san: true,
+        digest: true,
+    };
+
+    pub fn any(self) -> bool {
+        self.uri_san || self.digest
+    }
+}
+
+/// Reads the wanted attributes through `get` (attribute name under `connection.`).
+/// `connection.mtls` is read only when neither a URI SAN nor a digest answered: either one
+/// already proves a client certificate, and `mtls` is needed only to tell "no certificate"
+/// apart from "a certificate without a URI SAN".
+pub fn read(want: PeerWant, get: impl Fn(&str) -> Option<Vec<u8>>) -> Peer {
+    if !want.any() {
+        return Peer::default();
+    }
+    let uri_san = want
+        .uri_san
+        .then(|| get("uri_san_peer_certificate"))
+        .flatten();
+    let digest = want
+        .digest
+        .then(|| get("sha256_peer_certificate_digest"))
+        .flatten();
+    let proven = uri_san.as_ref().is_some_and(|u| !u.is_empty())
+        || digest.as_ref().is_some_and(|d| !d.is_empty());
+    let mtls = if proven { Some(vec![1]) } else { get("mtls") };
+    Peer::from_attributes(mtls.as_deref(), uri_san.as_deref(), digest.as_deref())
+}
+
 impl Peer {
+    /// The peer with only the wanted fields (what a lazy host read would have returned).
+    pub fn masked(&self, want: PeerWant) -> Peer {
+        let uri_san = self.uri_san.clone().filter(|_| want.uri_san);
+        let cert_sha256 = self.cert_sha256.filter(|_| want.digest);
+        Peer {
+            mtls: want.any() && self.mtls,
+            uri_san,
+            cert_sha256,
+        }
+    }
+
     /// Builds a peer from the raw attribute bytes Envoy returns. Absent or malformed
     /// attributes become `false` / `None`; nothing here can fail the request by itself.
     pub fn from_attributes(
@@ -81,6 +139,51 @@ pub(crate) fn nibble(c: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// Reads `read` makes against a peer with the given attributes, and the peer it builds.
+    fn reads(want: PeerWant, uri: &[u8], digest: &[u8]) -> (Vec<String>, Peer) {
+        let log = RefCell::new(Vec::new());
+        let peer = read(want, |name| {
+            log.borrow_mut().push(name.to_owned());
+            match name {
+                "mtls" => Some(vec![u8::from(!uri.is_empty() || !digest.is_empty())]),
+                "uri_san_peer_certificate" => Some(uri.to_vec()),
+                "sha256_peer_certificate_digest" => Some(digest.to_vec()),
+                _ => None,
+            }
+        });
+        (log.into_inner(), peer)
+    }
+
+    #[test]
+    fn reads_only_what_is_wanted() {
+        let hex = [b'a'; 64];
+        let uri = b"spiffe://td/ns/a/sa/b";
+        let (log, peer) = reads(PeerWant::NOTHING, uri, &hex);
+        assert!(log.is_empty());
+        assert_eq!(peer, Peer::default());
+        // A URI SAN proves a certificate: no mtls read.
+        let want_uri = PeerWant {
+            uri_san: true,
+            digest: false,
+        };
+        let (log, peer) = reads(want_uri, uri, &hex);
+        assert_eq!(log, ["uri_san_peer_certificate"]);
+        assert!(peer.has_certificate() && peer.cert_sha256.is_none());
+        // No URI SAN: mtls tells "no certificate" from "certificate without URI SAN".
+        let (log, peer) = reads(want_uri, b"", &hex);
+        assert_eq!(log, ["uri_san_peer_certificate", "mtls"]);
+        assert!(peer.has_certificate() && peer.uri_san.is_none());
+        let (_, peer) = reads(want_uri, b"", b"");
+        assert!(!peer.has_certificate());
+        let (log, peer) = reads(PeerWant::ALL, uri, &hex);
+        assert_eq!(
+            log,
+            ["uri_san_peer_certificate", "sha256_peer_certificate_digest"]
+        );
+        assert_eq!(peer.cert_sha256, Some([0xaa; 32]));
+    }
 
     #[test]
     fn hex_digest_decodes_in_either_case() {

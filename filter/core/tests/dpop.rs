@@ -272,8 +272,8 @@ impl Host for Sidecar<'_> {
     fn request_header_values(&self, name: &str) -> Vec<String> {
         self.inner.request_header_values(name)
     }
-    fn peer(&self) -> Peer {
-        self.inner.peer()
+    fn peer(&self, want: tokenbind_core::peer::PeerWant) -> Peer {
+        self.inner.peer(want)
     }
     fn downstream_tls(&self) -> Option<bool> {
         self.inner.downstream_tls()
@@ -542,6 +542,63 @@ fn a_proof_is_single_use_across_worker_vms() {
             .outcome,
         Outcome::Allow
     );
+}
+
+#[test]
+fn a_full_replay_store_is_its_own_reason_never_a_replay() {
+    let s = setup(ProofKey::es256("client"));
+    // The smallest store: one live entry per bucket (BUCKETS entries in all).
+    let engine = engine(
+        &s.keys,
+        json!({"dpop": {"replay_cache": {"max_entries": 1}}}),
+    );
+    let shared = sidecar_state();
+    let mut full = 0;
+    let mut allowed = 0;
+    for _ in 0..(2 * tokenbind_core::replay::BUCKETS) {
+        let proof = s.key.proof(&s.token, json!({}), json!({}));
+        let d = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+        match reason(&d) {
+            None => allowed += 1,
+            Some(Reason::DpopReplayStoreFull) => {
+                full += 1;
+                let reply = d.reply(engine.config()).unwrap();
+                assert_eq!(reply.status, 503);
+                assert!(reply.body.contains("dpop_replay_store_full"));
+            }
+            other => panic!("a unique proof was refused as {other:?}"),
+        }
+    }
+    assert!(full > 0 && allowed > 0, "full {full}, allowed {allowed}");
+    // The cap held: never more than one 24-byte entry per bucket.
+    assert!(shared.total_bytes() <= tokenbind_core::replay::BUCKETS * 24 + 64);
+    // A real replay is still a replay, even with the store full.
+    let proof = s.key.proof(&s.token, json!({}), json!({}));
+    let shared = sidecar_state();
+    let first = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+    assert_eq!(first.outcome, Outcome::Allow);
+    let again = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+    assert_eq!(reason(&again), Some(Reason::DpopReplayed));
+}
+
+#[test]
+fn the_default_replay_store_carries_a_flood_for_its_whole_window() {
+    // 5,000 unique proofs per second for 61 s (the default window plus one second), each
+    // recorded until iat + 60 s: every one must be accepted.
+    let store =
+        tokenbind_core::replay::ReplayStore::new(tokenbind_core::config::DEFAULT_REPLAY_ENTRIES);
+    let shared = MemorySharedData::default();
+    tokenbind_core::replay::ReplayStore::prepare(&shared);
+    let start = 1_000_000u64;
+    let mut refused = 0;
+    for i in 0..(5_000u64 * 61) {
+        let now = start + i / 5_000;
+        let id: [u8; 32] = Sha256::digest(i.to_be_bytes()).into();
+        if store.first_use(&shared, &id, now + 61, now).is_err() {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0);
 }
 
 #[test]

@@ -6,6 +6,7 @@ use crate::abi;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MetricType, Status};
 use tokenbind_core::crypto::{self, HostCryptoError, HostRequest, SignatureHost};
+use tokenbind_core::peer::{self, PeerWant};
 use tokenbind_core::{Host, Peer, SharedData, SharedError};
 
 /// The proxy, as the decision engine sees it. Host calls are global in proxy-wasm, so this
@@ -29,29 +30,29 @@ impl SharedData for Envoy {
 impl Host for Envoy {
     fn request_header(&self, name: &str) -> Option<String> {
         // Non-UTF-8 bytes become U+FFFD, which no token, proof or URI check accepts.
-        abi::header_value(abi::HTTP_REQUEST_HEADERS, name)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        abi::header_value(abi::HTTP_REQUEST_HEADERS, name).map(text)
     }
 
     fn request_header_values(&self, name: &str) -> Vec<String> {
         abi::header_pairs(abi::HTTP_REQUEST_HEADERS)
             .into_iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+            .map(|(_, v)| text(v))
             .collect()
     }
 
-    fn peer(&self) -> Peer {
-        Peer::from_attributes(
-            abi::property(&["connection", "mtls"]).as_deref(),
-            abi::property(&["connection", "uri_san_peer_certificate"]).as_deref(),
-            abi::property(&["connection", "sha256_peer_certificate_digest"]).as_deref(),
-        )
+    fn peer(&self, want: PeerWant) -> Peer {
+        peer::read(want, |attribute| abi::property(&["connection", attribute]))
     }
 
     fn downstream_tls(&self) -> Option<bool> {
         Some(abi::property(&["connection", "tls_version"]).is_some_and(|v| !v.is_empty()))
     }
+}
+
+/// Header bytes as text without a second copy when they are UTF-8 (they nearly always are).
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Envoy's BoringSSL, through the `verify_signature` foreign function. A failed call (not a

@@ -103,8 +103,11 @@ impl Shared {
             ),
             ("tokenbind.binding", decision.bindings.kind()),
         ];
+        // An absent value reads as "-" in an access log anyway: skip the host call.
         for (name, value) in fields {
-            host::set_filter_state(name, value);
+            if value != "-" {
+                host::set_filter_state(name, value);
+            }
         }
         if let Some(gw) = &decision.forwarded_by {
             host::set_filter_state("tokenbind.forwarded_by", gw);
@@ -122,7 +125,13 @@ impl Shared {
             self.record(decision, decision.peer.as_ref());
             return true;
         };
-        let peer = decision.peer.clone().unwrap_or_else(|| host::Envoy.peer());
+        // Denials before binding (no token, bad signature, ...) read the peer once, for the log.
+        let peer = decision.peer.clone().unwrap_or_else(|| {
+            host::Envoy.peer(tokenbind_core::peer::PeerWant {
+                uri_san: true,
+                digest: false,
+            })
+        });
         self.record(decision, Some(&peer));
         let verb = match config.mode {
             Mode::Enforce => "denied",
