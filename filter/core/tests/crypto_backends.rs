@@ -2,7 +2,12 @@
 //! independent DER parser (RustCrypto's SPKI and ECDSA-Sig-Value decoders), so the SPKI and
 //! signature encodings the core sends are checked by code that did not write them. The real
 //! BoringSSL is exercised by integration/tests/crypto_differential.rs.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
