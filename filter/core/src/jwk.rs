@@ -180,7 +180,14 @@ impl PublicKey {
 
 fn verify_rsa(key: &rsa::RsaPublicKey, alg: Alg, input: &[u8], signature: &[u8]) -> bool {
     use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
+    use rsa::traits::PublicKeyParts;
     use rsa::{Pkcs1v15Sign, Pss};
+    // RFC 8017 §5.2.2 (RSAVP1 step 1) and §8.1.2/§8.2.2: the signature is exactly k octets and
+    // its integer is below n. The rsa crate checks this for PKCS#1 v1.5 but not for PSS, where
+    // s + n (same value mod n) would otherwise verify: a second valid encoding of one signature.
+    if signature.len() != key.size() || rsa::BigUint::from_bytes_be(signature) >= *key.n() {
+        return false;
+    }
     let result = match alg {
         Alg::RS256 => key.verify(
             Pkcs1v15Sign::new::<Sha256>(),
