@@ -73,6 +73,8 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -263,6 +265,18 @@ pub fn now_nanos() -> Option<u64> {
     // SAFETY: the out-pointer is a valid local.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
     (status == OK).then_some(t)
+}
+
+/// Sets the root context's timer period. False if the host refused.
+pub fn set_tick_period_ms(period: u32) -> bool {
+    // SAFETY: no pointers involved.
+    unsafe { proxy_set_tick_period_milliseconds(period) == OK }
+}
+
+/// Makes `context_id` the context later host calls act on. False if it is gone.
+pub fn set_effective_context(context_id: u32) -> bool {
+    // SAFETY: no pointers involved.
+    unsafe { proxy_set_effective_context(context_id) == OK }
 }
 
 /// Calls a host foreign function (Envoy: `verify_signature`, ...). The status and the result

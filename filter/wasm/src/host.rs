@@ -159,7 +159,7 @@ pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
 
 /// Makes `context_id` the context subsequent host calls act on. False if it is gone.
 pub fn set_effective_context(context_id: u32) -> bool {
-    hostcalls::set_effective_context(context_id).is_ok()
+    abi::set_effective_context(context_id)
 }
 
 pub fn resume_request() {
@@ -167,7 +167,7 @@ pub fn resume_request() {
 }
 
 pub fn set_tick_period_ms(ms: u64) {
-    let _ = hostcalls::set_tick_period(std::time::Duration::from_millis(ms));
+    let _ = abi::set_tick_period_ms(u32::try_from(ms).unwrap_or(u32::MAX));
 }
 
 /// A uniformly random number in [0, 1) from WASI randomness (0.5 if unavailable).
