@@ -2,7 +2,8 @@
 # tokenbind benchmarks (see benches/README.md).
 #
 #   scripts/bench.sh [e2e options]       micro-benchmarks (native vs inside V8), then the
-#                                        end-to-end run of every scenario (A..F) on real Envoys
+#                                        end-to-end run of every scenario (A..F, then A-c2/C-c2
+#                                        and the DPoP flood) on real Envoys
 #   scripts/bench.sh e2e [e2e options]   only the end-to-end run   (options: e2e --help)
 #   scripts/bench.sh micro [options]     only the micro-benchmarks, native vs in V8
 #   scripts/bench.sh criterion [args]    criterion micro-benchmarks (native)
@@ -12,7 +13,9 @@
 # the same code as tokenbind.wasm.
 #
 # Useful e2e options: --quick (smoke run), --rounds N, --duration SECS, --scenarios A,C,D-*,
-# --wait-quiet 1.0 (wait for a 1-minute load average below 1.0 first), --profile A,W,C.
+# --wait-quiet 1.0 (wait for a 1-minute load average below 1.0 first), --profile A,W,C,
+# --crypto auto|host|wasm (the filter's backend setting; auto leaves the key out),
+# --flood-duration SECS and --flood-alg ES256|EdDSA (DPOP-FLOOD, after the rounds).
 # Results: target/bench/results.json and .md (e2e), target/bench/micro.json (micro).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,12 +64,12 @@ case "$mode" in
   micro) run_micro "$@" ;;
   criterion) cargo bench -p tokenbind-benches --no-default-features -- "$@" ;;
   e2e)
-    say "end-to-end: wrk -> client sidecar -> server sidecar (scenarios A..F)"
+    say "end-to-end: wrk -> client sidecar -> server sidecar (scenarios A..F, memory, DPoP flood)"
     cargo run --release -p tokenbind-benches --bin e2e -- "$@"
     ;;
   all)
     run_micro
-    say "end-to-end: wrk -> client sidecar -> server sidecar (scenarios A..F)"
+    say "end-to-end: wrk -> client sidecar -> server sidecar (scenarios A..F, memory, DPoP flood)"
     cargo run --release -p tokenbind-benches --bin e2e -- "$@"
     ;;
 esac

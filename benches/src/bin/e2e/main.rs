@@ -2,12 +2,15 @@
 //!
 //! Every scenario (A baseline, B jwt_authn + RBAC, C tokenbind cached, D tokenbind cold vs
 //! B-nocache, E tokenbind DPoP, F tokenbind monitor) gets its own pair of Envoys, started once;
-//! then the scenarios are run in turn, round after round, and the medians are reported. See
-//! `benches/README.md` for the topology, the choices (pinning, connections) and how to read
-//! the table.
+//! then the scenarios are run in turn, round after round, and the medians are reported. After
+//! the rounds: one run each of A-c2 and C-c2 (server sidecar at `--concurrency 2`, for the
+//! memory of one more Wasm VM) and the DPoP flood (DPOP-FLOOD: unique proofs for 60 s against
+//! the default replay store). See `benches/README.md` for the topology, the choices (pinning,
+//! connections) and how to read the table.
 //!
 //! `cargo run --release -p tokenbind-benches --bin e2e -- --help`
 
+mod flood;
 mod procfs;
 mod profile;
 mod report;
@@ -67,7 +70,15 @@ usage: e2e [options]
                       latency (default 3; 0 = off)
   --connections N     wrk connections for the throughput runs (default 16)
   --quick             smoke run: 1 round, 3 s runs, 1 s warm-up, 1 s latency runs
-  --scenarios LIST    comma-separated scenario ids, or prefixes ending in * (e.g. A,C,D-*)
+  --scenarios LIST    comma-separated scenario ids, or prefixes ending in * (e.g. A,C,D-*);
+                      default: all. A-c2, C-c2 (server sidecar --concurrency 2, for RSS per
+                      Wasm VM) and DPOP-FLOOD run once each after the rounds
+  --crypto MODE       the filter's `crypto` setting for the tokenbind scenarios: auto (default:
+                      the key is left out of the configuration), host or wasm. D-ES256-wasm
+                      and E-ES256-wasm always set wasm
+  --flood-duration S  length of the DPOP-FLOOD run (default 60; --quick: 10; at most 100:
+                      all proofs carry iat = start + S/2 and the filter accepts iat +-60 s)
+  --flood-alg ALG     DPOP-FLOOD proof algorithm: ES256 (default) or EdDSA
   --pin MODE          split (default): wrk alone on the first CPU, both sidecars on the
                       second; server-alone: wrk and the client sidecar on the first CPU, the
                       server sidecar alone on the second; none: no pinning
@@ -97,6 +108,10 @@ struct Opts {
     wait_max: u64,
     quick: bool,
     profile: Vec<String>,
+    /// The `crypto` value for the tokenbind scenarios; None: not set (the filter's default).
+    crypto: Option<String>,
+    flood_duration: u64,
+    flood_alg: ProofAlg,
 }
 
 fn parse_args() -> Result<Opts, String> {
@@ -114,6 +129,9 @@ fn parse_args() -> Result<Opts, String> {
         wait_max: 900,
         quick: false,
         profile: Vec::new(),
+        crypto: None,
+        flood_duration: 60,
+        flood_alg: ProofAlg::Es256,
     };
     let mut explicit = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -146,6 +164,28 @@ fn parse_args() -> Result<Opts, String> {
             "--wait-max" => o.wait_max = num(&a, value()?)?,
             "--quick" => o.quick = true,
             "--profile" => o.profile = value()?.split(',').map(|s| s.trim().to_owned()).collect(),
+            "--crypto" => {
+                o.crypto = match value()?.as_str() {
+                    // The filter's default: leave the key out (older builds reject it).
+                    "auto" => None,
+                    m @ ("host" | "wasm") => Some(m.to_owned()),
+                    other => {
+                        return Err(format!(
+                            "--crypto: expected auto, host or wasm, not {other}"
+                        ))
+                    }
+                }
+            }
+            "--flood-duration" => o.flood_duration = num(&a, value()?)?,
+            "--flood-alg" => {
+                o.flood_alg = match value()?.as_str() {
+                    "ES256" => ProofAlg::Es256,
+                    "EdDSA" => ProofAlg::EdDsa,
+                    other => {
+                        return Err(format!("--flood-alg: expected ES256 or EdDSA, not {other}"))
+                    }
+                }
+            }
             "--help" | "-h" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -168,9 +208,15 @@ fn parse_args() -> Result<Opts, String> {
         if !set("--latency") {
             o.latency = 1;
         }
+        if !set("--flood-duration") {
+            o.flood_duration = 10;
+        }
     }
     if o.rounds == 0 || o.duration == 0 || o.connections == 0 {
         return Err("--rounds, --duration and --connections must be positive".into());
+    }
+    if o.flood_duration == 0 || o.flood_duration > flood::MAX_SECS {
+        return Err(format!("--flood-duration must be between 1 and {} s: every proof of the flood carries iat = start + duration/2, and the filter accepts iat +-60 s", flood::MAX_SECS));
     }
     if o.duration > 45 || o.latency > 45 {
         return Err("--duration and --latency are at most 45 s: DPoP proofs are minted with iat = now, just before each run, and the filter accepts them for 60 s".into());
@@ -222,6 +268,17 @@ enum Kind {
     },
 }
 
+/// When a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Role {
+    /// Every round, in the table.
+    Rotation,
+    /// Once after the rounds, for the server sidecar's memory (the RSS-per-VM section).
+    Rss,
+    /// Once at the end: the DPoP flood (its own section).
+    Flood,
+}
+
 struct Scenario {
     id: String,
     title: String,
@@ -230,6 +287,9 @@ struct Scenario {
     load: Load,
     /// The scenario this one is compared with besides A (C with B, D-x with B-nocache-x).
     reference: Option<String>,
+    role: Role,
+    /// The server sidecar's `--concurrency`.
+    concurrency: u32,
     // Running state.
     envoys: Option<Envoys>,
     authority: String,
@@ -243,7 +303,16 @@ struct Scenario {
     warnings: Vec<String>,
     final_memory: Option<(u64, u64)>,
     final_cache_misses: u64,
+    /// (VmHWM, VmRSS) of the server sidecar after start-up and the sanity checks.
+    memory_after_start: Option<(u64, u64)>,
+    /// What the server sidecar logged about its crypto backends (tokenbind servers).
+    crypto_log: Option<stack::CryptoLog>,
+    flood: Option<flood::Record>,
 }
+
+/// Error prefixes that keep a scenario from running at all.
+const NOT_STARTED: &str = "not started";
+const SANITY_FAILED: &str = "sanity check failed";
 
 struct Envoys {
     server: Envoy,
@@ -323,10 +392,9 @@ impl Minter {
     }
 }
 
-/// Unique proofs for one run, on all CPUs, all with `iat` = now.
-fn mint_proofs(client: &DpopClient, count: usize) -> Vec<String> {
+/// Unique proofs for one run, on all CPUs, all with this `iat`.
+fn mint_proofs(client: &DpopClient, count: usize, iat: u64) -> Vec<String> {
     let minter = ProofMinter::new(&client.key, "GET", &client.htu, &client.token);
-    let iat = fixtures::now();
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .max(1);
@@ -405,7 +473,14 @@ fn wait_for_quiet(threshold: f64, max: u64) -> Result<(f64, f64, f64), String> {
     }
 }
 
-fn scenarios(config: &Value) -> Vec<Scenario> {
+/// Every scenario, in the order of a round, then the ones that run once after the rounds.
+/// `crypto`: the filter's `crypto` setting for the tokenbind scenarios (None: left out).
+fn scenarios(config: &Value, crypto: Option<&str>, flood_alg: ProofAlg) -> Vec<Scenario> {
+    let mut config = config.clone();
+    if let Some(mode) = crypto {
+        config["crypto"] = json!(mode);
+    }
+    let config = &config;
     let tokenbind = |monitor: bool| {
         let mut c = config.clone();
         if monitor {
@@ -418,7 +493,15 @@ fn scenarios(config: &Value) -> Vec<Scenario> {
         c[key] = value;
         Server::Tokenbind { config: c }
     };
-    let mut list = vec![
+    let cached = Kind::Tokenbind {
+        monitor: false,
+        expect_hits: true,
+    };
+    let cold = Kind::Tokenbind {
+        monitor: false,
+        expect_hits: false,
+    };
+    let list = vec![
         (
             "A",
             "baseline: mTLS, no auth filter (same request as C)",
@@ -479,46 +562,55 @@ fn scenarios(config: &Value) -> Vec<Scenario> {
             Some("C"),
         ),
     ];
-    for alg in [ProofAlg::Es256, ProofAlg::EdDsa] {
-        list.push((
-            if alg == ProofAlg::Es256 {
-                "E-ES256"
-            } else {
-                "E-EdDSA"
-            },
-            if alg == ProofAlg::Es256 {
-                "tokenbind DPoP: cached token + fresh ES256 proof"
-            } else {
-                "tokenbind DPoP: cached token + fresh EdDSA proof"
-            },
-            tokenbind(false),
-            Kind::Tokenbind {
-                monitor: false,
-                expect_hits: true,
-            },
-            Load::Dpop { alg },
-            Some("C"),
-        ));
-    }
     let mut out: Vec<Scenario> = list
         .into_iter()
         .map(|(id, title, server, kind, load, reference)| {
             Scenario::new(id, title, server, kind, load, reference)
         })
         .collect();
+    // E-x against B-nocache-x: a DPoP request (cached token, fresh proof) against one native
+    // cold verification of a token of the same algorithm.
+    for alg in [ProofAlg::Es256, ProofAlg::EdDsa] {
+        let n = alg.name();
+        out.push(Scenario::new(
+            &format!("E-{n}"),
+            &format!("tokenbind DPoP: cached token + fresh {n} proof"),
+            tokenbind(false),
+            cached,
+            Load::Dpop { alg },
+            Some(&format!("B-nocache-{n}")),
+        ));
+        if alg == ProofAlg::Es256 {
+            out.push(Scenario::new(
+                "E-ES256-wasm",
+                "diagnostic: E-ES256 with crypto \"wasm\" (pure-Rust P-256)",
+                variant("crypto", json!("wasm")),
+                cached,
+                Load::Dpop { alg },
+                Some("E-ES256"),
+            ));
+        }
+    }
     for alg in TokenAlg::ALL {
         let n = alg.name();
         out.push(Scenario::new(
             &format!("D-{n}"),
             &format!("tokenbind cold: new {n} token every request"),
             tokenbind(false),
-            Kind::Tokenbind {
-                monitor: false,
-                expect_hits: false,
-            },
+            cold,
             Load::Pool { alg, fresh: true },
             Some(&format!("B-nocache-{n}")),
         ));
+        if alg == TokenAlg::Es256 {
+            out.push(Scenario::new(
+                "D-ES256-wasm",
+                "diagnostic: D-ES256 with crypto \"wasm\" (pure-Rust P-256)",
+                variant("crypto", json!("wasm")),
+                cold,
+                Load::Pool { alg, fresh: true },
+                Some("D-ES256"),
+            ));
+        }
         out.push(Scenario::new(
             &format!("B-nocache-{n}"),
             &format!("jwt_authn (no cache) + RBAC, same {n} pool"),
@@ -528,6 +620,51 @@ fn scenarios(config: &Value) -> Vec<Scenario> {
             None,
         ));
     }
+    // Once after the rounds: the server sidecar with two workers (three Wasm VMs), for the
+    // memory one more VM costs.
+    let mut a2 = Scenario::new(
+        "A-c2",
+        "memory: A with the server sidecar at --concurrency 2",
+        Server::Baseline,
+        Kind::Baseline,
+        Load::Static(String::new()),
+        None,
+    );
+    a2.role = Role::Rss;
+    a2.concurrency = 2;
+    out.push(a2);
+    let mut c2 = Scenario::new(
+        "C-c2",
+        "memory: C with the server sidecar at --concurrency 2",
+        tokenbind(false),
+        cached,
+        Load::Static(String::new()),
+        None,
+    );
+    c2.role = Role::Rss;
+    c2.concurrency = 2;
+    out.push(c2);
+    // Once at the end: unique proofs at the highest rate the sidecar sustains, against the
+    // default replay store (dpop.replay_cache left out) and the default iat window.
+    let mut flood_config = config.clone();
+    if let Some(dpop) = flood_config.get_mut("dpop").and_then(Value::as_object_mut) {
+        dpop.remove("replay_cache");
+    }
+    let mut f = Scenario::new(
+        "DPOP-FLOOD",
+        &format!(
+            "DPoP flood: unique {} proofs, default replay store",
+            flood_alg.name()
+        ),
+        Server::Tokenbind {
+            config: flood_config,
+        },
+        cached,
+        Load::Dpop { alg: flood_alg },
+        None,
+    );
+    f.role = Role::Flood;
+    out.push(f);
     out
 }
 
@@ -547,6 +684,8 @@ impl Scenario {
             kind,
             load,
             reference: reference.map(str::to_owned),
+            role: Role::Rotation,
+            concurrency: 1,
             envoys: None,
             authority: String::new(),
             dpop: None,
@@ -559,6 +698,27 @@ impl Scenario {
             warnings: Vec::new(),
             final_memory: None,
             final_cache_misses: 0,
+            memory_after_start: None,
+            crypto_log: None,
+            flood: None,
+        }
+    }
+
+    /// Whether its Envoys started and passed the sanity checks.
+    fn runnable(&self) -> bool {
+        self.envoys.is_some()
+            && !self
+                .errors
+                .iter()
+                .any(|e| e.starts_with(SANITY_FAILED) || e.starts_with(NOT_STARTED))
+    }
+
+    /// The `crypto` value in the scenario's filter configuration (None: not set, or not a
+    /// tokenbind server).
+    fn crypto_config(&self) -> Option<&str> {
+        match &self.server {
+            Server::Tokenbind { config } => config.get("crypto").and_then(Value::as_str),
+            _ => None,
         }
     }
 
@@ -671,7 +831,7 @@ fn run() -> Result<ExitCode, String> {
         pools: HashMap::new(),
     };
 
-    let mut all = scenarios(&config);
+    let mut all = scenarios(&config, opts.crypto.as_deref(), opts.flood_alg);
     if let Some(filter) = &opts.scenarios {
         all.retain(|s| {
             filter.iter().any(|f| match f.strip_suffix('*') {
@@ -722,8 +882,16 @@ fn run() -> Result<ExitCode, String> {
         if interrupted() {
             return Err("interrupted".into());
         }
-        let server = stack::start_server(&pki, &sc.server, &wasm, &jwks)
-            .map_err(|e| format!("{}: {e}", sc.id))?;
+        // A server that refuses its configuration (e.g. a filter build without the `crypto`
+        // key, in the -wasm variants) fails its scenario only.
+        let server = match stack::start_server(&pki, &sc.server, &wasm, &jwks, sc.concurrency) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("    {:<16} did not start: {e}", sc.id);
+                sc.errors.push(format!("{NOT_STARTED}: {e}"));
+                continue;
+            }
+        };
         let port = stack::server_port(&server)?;
         let client = stack::start_client(&pki, port).map_err(|e| format!("{}: {e}", sc.id))?;
         let client_port = stack::client_port(&client)?;
@@ -747,14 +915,25 @@ fn run() -> Result<ExitCode, String> {
 
     say("sanity checks (each scenario must allow the good request and deny a mismatched sub)");
     for sc in &mut all {
+        if sc.envoys.is_none() {
+            continue;
+        }
         match sanity(sc, &tokens) {
             Ok(()) => eprintln!("    {:<16} ok: {}", sc.id, sc.sanity.join("; ")),
             Err(e) => {
                 eprintln!("    {:<16} FAILED: {e}", sc.id);
-                sc.errors.push(format!("sanity check failed: {e}"));
+                sc.errors.push(format!("{SANITY_FAILED}: {e}"));
+            }
+        }
+        if let Some(e) = &sc.envoys {
+            sc.memory_after_start = procfs::memory_kib(e.server.pid()).ok();
+            if matches!(sc.server, Server::Tokenbind { .. }) {
+                sc.crypto_log = stack::parse_crypto_log(&e.server.log());
             }
         }
     }
+    let crypto_line = report::crypto_text(&crypto_views(&all));
+    say(crypto_line.trim_end());
 
     let script = tmp.path().join("requests.lua");
     fs::write(&script, wrk::SCRIPT).map_err(|e| format!("writing the wrk script: {e}"))?;
@@ -766,9 +945,15 @@ fn run() -> Result<ExitCode, String> {
         minter: &minter,
     };
 
+    let with_role = |all: &[Scenario], role: Role| -> Vec<usize> {
+        (0..all.len())
+            .filter(|&i| all.get(i).is_some_and(|s| s.role == role))
+            .collect()
+    };
+    let rotation = with_role(&all, Role::Rotation);
     if opts.warmup > 0 {
         say(format!("warm-up: {} s per scenario", opts.warmup));
-        for i in 0..all.len() {
+        for &i in &rotation {
             run_scenario(&mut all, i, &mut tokens, &ctx, opts.warmup, Phase::Warmup)?;
         }
     }
@@ -779,7 +964,7 @@ fn run() -> Result<ExitCode, String> {
             opts.duration,
             procfs::loadavg_text()
         ));
-        for i in 0..all.len() {
+        for &i in &rotation {
             run_scenario(
                 &mut all,
                 i,
@@ -799,7 +984,7 @@ fn run() -> Result<ExitCode, String> {
             .out
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        for i in 0..all.len() {
+        for &i in &rotation {
             let id = all.get(i).map(|s| s.id.clone()).unwrap_or_default();
             if opts.profile.contains(&id) {
                 let report = dir.join(format!("perf-{id}.txt"));
@@ -813,6 +998,32 @@ fn run() -> Result<ExitCode, String> {
                 )?;
             }
         }
+    }
+    let rss = with_role(&all, Role::Rss);
+    if !rss.is_empty() {
+        say(format!(
+            "memory: one {} s run of each server sidecar at --concurrency 2",
+            opts.duration
+        ));
+        for &i in &rss {
+            run_scenario(
+                &mut all,
+                i,
+                &mut tokens,
+                &ctx,
+                opts.duration,
+                Phase::Measure,
+            )?;
+        }
+    }
+    for i in with_role(&all, Role::Flood) {
+        say(format!(
+            "DPoP flood: {} s of unique {} proofs, {} connections, default replay store",
+            opts.flood_duration,
+            opts.flood_alg.name(),
+            opts.connections
+        ));
+        flood::run(&mut all, i, &mut tokens, &ctx, opts.flood_duration)?;
     }
     for sc in &mut all {
         if let Some(e) = &sc.envoys {
@@ -828,12 +1039,38 @@ fn run() -> Result<ExitCode, String> {
     let load_end = procfs::loadavg_text();
     say(format!("load average at end: {load_end}"));
 
-    let rows = report::rows(&all_views(&all));
-    let targets = report::targets(&rows, wasm_bytes.len() as u64);
+    let rows = report::rows(&all_views(&all, Role::Rotation));
+    let rss_rows = report::rows(&all_views(&all, Role::Rss));
+    let flood_record = all.iter().find(|s| s.role == Role::Flood);
+    let flood_verdict = flood_record.map(|s| match &s.flood {
+        Some(r) => r.verdict(),
+        None => (
+            None,
+            format!("{} did not run: {}", s.id, s.errors.join("; ")),
+        ),
+    });
+    let targets = report::targets_issue9(&rows, flood_verdict);
+    let earlier = report::targets(&rows, wasm_bytes.len() as u64);
     let table = report::table(&rows);
+    let crypto_text = report::crypto_text(&crypto_views(&all));
+    let memory = report::memory(&rows, &rss_rows);
+    let flood_text = flood_record.map(flood::text).unwrap_or_default();
     println!();
     println!("{table}");
-    println!("{}", report::targets_text(&targets));
+    println!();
+    print!("{crypto_text}");
+    println!();
+    print!("{}", memory.text);
+    if !flood_text.is_empty() {
+        println!();
+        print!("{flood_text}");
+    }
+    println!();
+    println!("{}", report::targets_text("Targets (issue 9)", &targets));
+    println!(
+        "{}",
+        report::targets_text("Earlier targets (issue 6)", &earlier)
+    );
     let meta = json!({
         "started_at_unix": started_at,
         "elapsed_s": clock.elapsed().as_secs(),
@@ -848,25 +1085,59 @@ fn run() -> Result<ExitCode, String> {
             "wrk_threads": 1, "pinning": pin_text, "quick": opts.quick,
         },
     });
-    report::write(&opts.out, &meta, &rows, &targets, &table)?;
+    let extra = json!({
+        "crypto": {
+            "option": opts.crypto.as_deref().unwrap_or("auto (not set in the configuration)"),
+            "scenarios": crypto_json(&all),
+        },
+        "memory_per_vm": memory.json,
+        "dpop_flood": flood_record.map(flood::json),
+        "targets_issue6": report::targets_json(&earlier),
+    });
+    let md_extra = format!("{crypto_text}\n{}\n{flood_text}", memory.text);
+    report::write(
+        &opts.out,
+        &meta,
+        &rows,
+        &report::Extra {
+            doc: &extra,
+            targets: &targets,
+            earlier: &earlier,
+            table: &table,
+            text: &md_extra,
+        },
+    )?;
     println!(
         "load average: start {load_start}, end {load_end}; results: {}",
         opts.out.display()
     );
 
-    let bad: Vec<&Row> = rows.iter().filter(|r| !r.errors.is_empty()).collect();
-    if bad.is_empty() {
+    let mut bad: Vec<&Row> = rows.iter().filter(|r| !r.errors.is_empty()).collect();
+    bad.extend(rss_rows.iter().filter(|r| !r.errors.is_empty()));
+    let flood_errors: Vec<String> = flood_record
+        .map(|s| {
+            let mut e = s.errors.clone();
+            if let Some(r) = &s.flood {
+                e.extend(r.errors.iter().cloned());
+            }
+            e
+        })
+        .unwrap_or_default();
+    if bad.is_empty() && flood_errors.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         println!();
         println!(
             "!!!!!!!! {} SCENARIO(S) HAD ERRORS: THEIR NUMBERS ARE NOT VALID !!!!!!!!",
-            bad.len()
+            bad.len() + usize::from(!flood_errors.is_empty())
         );
         for r in bad {
             for e in &r.errors {
                 println!("!!! {}: {e}", r.id);
             }
+        }
+        for e in &flood_errors {
+            println!("!!! DPOP-FLOOD: {e}");
         }
         Ok(ExitCode::from(2))
     }
@@ -885,8 +1156,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn all_views(all: &[Scenario]) -> Vec<report::View<'_>> {
+fn all_views(all: &[Scenario], role: Role) -> Vec<report::View<'_>> {
     all.iter()
+        .filter(|s| s.role == role)
         .map(|s| report::View {
             id: &s.id,
             title: &s.title,
@@ -899,8 +1171,38 @@ fn all_views(all: &[Scenario]) -> Vec<report::View<'_>> {
             warnings: &s.warnings,
             final_memory: s.final_memory,
             final_cache_misses: s.final_cache_misses,
+            memory_after_start: s.memory_after_start,
+            concurrency: s.concurrency,
+            crypto: crypto_of(s),
         })
         .collect()
+}
+
+/// A tokenbind scenario's crypto setting and the backends its server sidecar logged; None for
+/// the others.
+fn crypto_of(s: &Scenario) -> Option<report::Crypto> {
+    if !matches!(s.server, Server::Tokenbind { .. }) {
+        return None;
+    }
+    Some(report::Crypto {
+        config: s.crypto_config().map(str::to_owned),
+        log: s.crypto_log.clone(),
+    })
+}
+
+fn crypto_views(all: &[Scenario]) -> Vec<(&str, report::Crypto)> {
+    all.iter()
+        .filter_map(|s| crypto_of(s).map(|c| (s.id.as_str(), c)))
+        .collect()
+}
+
+fn crypto_json(all: &[Scenario]) -> Value {
+    Value::Object(
+        crypto_views(all)
+            .into_iter()
+            .map(|(id, c)| (id.to_owned(), c.to_json()))
+            .collect(),
+    )
 }
 
 /// Checks, through the client sidecar, that the scenario's server allows the legitimate
@@ -1061,6 +1363,8 @@ struct Ctx<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase<'a> {
     Warmup,
+    /// An unmeasured run that only finds the scenario's rate (DPOP-FLOOD without an E run).
+    Probe,
     Measure,
     Latency,
     /// An unmeasured run with perf attached to the server sidecar; the report goes here.
@@ -1091,7 +1395,7 @@ fn run_scenario(
     let Some(sc) = all.get_mut(i) else {
         return Ok(());
     };
-    if sc.errors.iter().any(|e| e.starts_with("sanity")) {
+    if !sc.runnable() {
         return Ok(());
     }
     let rate = if sc.max_rps > 0.0 {
@@ -1141,7 +1445,7 @@ fn run_scenario(
             let need = budget(rate, secs);
             let auth = format!("DPoP {}", client.token);
             let t = Instant::now();
-            let proofs = mint_proofs(client, need);
+            let proofs = mint_proofs(client, need, fixtures::now());
             if phase != Phase::Latency {
                 eprintln!(
                     "    minted {need} {} proofs (iat = now) in {:.1} s",
@@ -1153,48 +1457,28 @@ fn run_scenario(
         }
     };
     let planned = lines.len();
-    fs::write(&file, lines.join("\n") + "\n").map_err(|e| format!("{}: {e}", file.display()))?;
-    drop(lines);
+    write_requests(&file, lines)?;
 
-    let envoys = sc.envoys()?;
-    let server_pid = envoys.server.pid();
-    let url = format!("http://127.0.0.1:{}/", envoys.client_port);
-    let before = stack::stats(&envoys.server)?;
-    let cpu0 = procfs::cpu_seconds(server_pid)?;
-    let client_cpu0 = procfs::cpu_seconds(envoys.client.pid())?;
-    let perf = match phase {
-        Phase::Profile(report) => Some(profile::Perf::start(server_pid, report)?),
+    let profile = match phase {
+        Phase::Profile(report) => Some(report),
         _ => None,
     };
-    let wall = Instant::now();
-    let summary = wrk::run(
-        &wrk::Run {
-            script: ctx.script,
-            requests_file: &file,
-            url: &url,
-            host: &sc.authority,
-            connections,
-            duration: Duration::from_secs(secs),
-            cpu: ctx.load_cpu,
-        },
-        ctx.dir,
-    )
-    .map_err(|e| format!("{}: {e}", sc.id))?;
-    let wall_s = wall.elapsed().as_secs_f64();
-    if let Some(perf) = perf {
-        let path = perf.finish()?;
-        eprintln!("    {:<16} profile written to {}", sc.id, path.display());
-    }
-    let cpu1 = procfs::cpu_seconds(server_pid)?;
-    let client_cpu1 = procfs::cpu_seconds(envoys.client.pid())?;
-    let after = stack::stats(&envoys.server)?;
-    let (hwm, rss) = procfs::memory_kib(server_pid)?;
+    let Measured {
+        summary,
+        wall_s,
+        server_cpu_s,
+        client_cpu_s,
+        before,
+        after,
+        memory: (hwm, rss),
+        ..
+    } = measure(sc, ctx, &file, connections, secs, profile)?;
 
     if let Some(start) = consumed_from_pool {
         // Never hand these tokens out again: the filter may have cached them.
         sc.pool_offset = start + summary.requests as usize + 2 * connections as usize + 100;
     }
-    if matches!(phase, Phase::Warmup | Phase::Measure) {
+    if matches!(phase, Phase::Warmup | Phase::Probe | Phase::Measure) {
         sc.max_rps = sc.max_rps.max(summary.rps());
     }
 
@@ -1264,6 +1548,13 @@ fn run_scenario(
             let allowed = d("wasmcustom.tokenbind.allowed");
             let hits = d("wasmcustom.tokenbind.cache.hit");
             let misses = d("wasmcustom.tokenbind.cache.miss");
+            let host_errors = d("wasmcustom.tokenbind.crypto.host_error");
+            counters.insert("tokenbind.crypto.host_error".into(), json!(host_errors));
+            if host_errors > 0 {
+                warnings.push(format!(
+                    "{host_errors} host signature checks failed and fell back to pure Rust"
+                ));
+            }
             let would_deny: u64 = after
                 .keys()
                 .filter(|k| k.starts_with("wasmcustom.tokenbind.monitor.would_deny."))
@@ -1300,6 +1591,7 @@ fn run_scenario(
     }
     let label = match phase {
         Phase::Warmup => "warm-up",
+        Phase::Probe => "probe",
         Phase::Measure => "measure",
         Phase::Latency => "latency",
         Phase::Profile(_) => "profile",
@@ -1310,7 +1602,7 @@ fn run_scenario(
         summary.rps(),
         summary.p50_us,
         summary.p99_us,
-        100.0 * (cpu1 - cpu0) / wall_s.max(1e-9),
+        100.0 * server_cpu_s / wall_s.max(1e-9),
         if errors.is_empty() { "ok".to_owned() } else { format!("ERRORS: {}", errors.join("; ")) }
     );
     for e in &errors {
@@ -1322,13 +1614,13 @@ fn run_scenario(
         }
     }
     match phase {
-        Phase::Warmup | Phase::Profile(_) => {}
+        Phase::Warmup | Phase::Probe | Phase::Profile(_) => {}
         Phase::Latency => sc.latency_runs.push(summary),
         Phase::Measure => sc.runs.push(RunRecord {
             wrk: summary,
             wall_s,
-            server_cpu_s: cpu1 - cpu0,
-            client_cpu_s: client_cpu1 - client_cpu0,
+            server_cpu_s,
+            client_cpu_s,
             server_2xx: ok,
             hwm_kib: hwm,
             rss_kib: rss,
@@ -1337,4 +1629,106 @@ fn run_scenario(
         }),
     }
     Ok(())
+}
+
+/// Writes one request per line (see [`wrk::SCRIPT`]).
+fn write_requests(file: &Path, lines: Vec<String>) -> Result<(), String> {
+    fs::write(file, lines.join("\n") + "\n").map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Seconds since the Unix epoch, with fractions.
+fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Sleeps for `d`, returning early with an error on SIGINT/SIGTERM.
+fn sleep_interruptibly(d: Duration) -> Result<(), String> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if interrupted() {
+            return Err("interrupted".into());
+        }
+        std::thread::sleep(
+            until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100)),
+        );
+    }
+    Ok(())
+}
+
+/// What one wrk run measured.
+struct Measured {
+    summary: wrk::Summary,
+    wall_s: f64,
+    server_cpu_s: f64,
+    client_cpu_s: f64,
+    /// The server sidecar's stats before and after the run.
+    before: HashMap<String, u64>,
+    after: HashMap<String, u64>,
+    /// (VmHWM, VmRSS) of the server sidecar after the run.
+    memory: (u64, u64),
+    /// Unix time when wrk was started, and when it had exited.
+    started_unix: f64,
+    ended_unix: f64,
+}
+
+/// Runs wrk once against `sc` with the requests in `file`, reading the server sidecar's CPU
+/// time, stats and memory around it (and with perf attached if `profile` names a report).
+fn measure(
+    sc: &Scenario,
+    ctx: &Ctx<'_>,
+    file: &Path,
+    connections: u32,
+    secs: u64,
+    profile: Option<&Path>,
+) -> Result<Measured, String> {
+    let envoys = sc.envoys()?;
+    let server_pid = envoys.server.pid();
+    let url = format!("http://127.0.0.1:{}/", envoys.client_port);
+    let before = stack::stats(&envoys.server)?;
+    let cpu0 = procfs::cpu_seconds(server_pid)?;
+    let client_cpu0 = procfs::cpu_seconds(envoys.client.pid())?;
+    let perf = match profile {
+        Some(report) => Some(profile::Perf::start(server_pid, report)?),
+        None => None,
+    };
+    let started_unix = unix_time();
+    let wall = Instant::now();
+    let summary = wrk::run(
+        &wrk::Run {
+            script: ctx.script,
+            requests_file: file,
+            url: &url,
+            host: &sc.authority,
+            connections,
+            duration: Duration::from_secs(secs),
+            cpu: ctx.load_cpu,
+        },
+        ctx.dir,
+    )
+    .map_err(|e| format!("{}: {e}", sc.id))?;
+    let wall_s = wall.elapsed().as_secs_f64();
+    let ended_unix = unix_time();
+    if let Some(perf) = perf {
+        let path = perf.finish()?;
+        eprintln!("    {:<16} profile written to {}", sc.id, path.display());
+    }
+    let cpu1 = procfs::cpu_seconds(server_pid)?;
+    let client_cpu1 = procfs::cpu_seconds(envoys.client.pid())?;
+    let after = stack::stats(&envoys.server)?;
+    let memory = procfs::memory_kib(server_pid)?;
+    Ok(Measured {
+        summary,
+        wall_s,
+        server_cpu_s: cpu1 - cpu0,
+        client_cpu_s: client_cpu1 - client_cpu0,
+        before,
+        after,
+        memory,
+        started_unix,
+        ended_unix,
+    })
 }

@@ -31,21 +31,26 @@ pub enum Server {
 
 pub const OUTBOUND: &str = "outbound";
 
-fn options() -> EnvoyOptions {
+/// Envoy's options: `concurrency` workers, warnings only, except the Wasm component at `info`
+/// when `wasm_info` (the filter logs its crypto backends at start-up at that level; it logs
+/// nothing at `info` per request).
+fn options(concurrency: u32, wasm_info: bool) -> EnvoyOptions {
     EnvoyOptions {
-        concurrency: 1,
+        concurrency,
         log_level: "warning".into(),
+        component_log_level: wasm_info.then(|| "wasm:info".to_owned()),
         startup_timeout: Duration::from_secs(90),
         ..EnvoyOptions::default()
     }
 }
 
-/// Starts the server sidecar.
+/// Starts the server sidecar with `concurrency` worker threads.
 pub fn start_server(
     pki: &Pki,
     server: &Server,
     wasm: &Path,
     jwks: &Value,
+    concurrency: u32,
 ) -> Result<Envoy, String> {
     let bootstrap = match server {
         Server::Baseline => Bootstrap::new(pki).build(),
@@ -61,7 +66,27 @@ pub fn start_server(
             b
         }
     };
-    Envoy::start_with(&bootstrap, options()).map_err(|e| format!("server sidecar: {e}"))
+    let wasm_info = matches!(server, Server::Tokenbind { .. });
+    Envoy::start_with(&bootstrap, options(concurrency, wasm_info)).map_err(|e| {
+        // The whole log is long; the lines that say why are the errors (e.g. the filter's
+        // "tokenbind: invalid configuration: ...").
+        let why: Vec<&str> = e
+            .log()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("tokenbind:") || l.contains("[critical]") || l.contains("[error]")
+            })
+            // After Envoy's "[time][thread][level][component] [source:line] " prefix.
+            .map(|l| l.rsplit_once("] ").map_or(l, |(_, msg)| msg))
+            .take(4)
+            .collect();
+        if why.is_empty() {
+            format!("server sidecar: {e}")
+        } else {
+            format!("server sidecar: {}", why.join(" / "))
+        }
+    })
 }
 
 /// Starts a client sidecar routing to the server sidecar on `server_port`.
@@ -78,7 +103,7 @@ pub fn start_client(pki: &Pki, server_port: u16) -> Result<Envoy, String> {
             SERVER_ID,
         ))
         .build();
-    Envoy::start_with(&bootstrap, options()).map_err(|e| format!("client sidecar: {e}"))
+    Envoy::start_with(&bootstrap, options(1, false)).map_err(|e| format!("client sidecar: {e}"))
 }
 
 pub fn server_port(envoy: &Envoy) -> Result<u16, String> {
@@ -205,4 +230,58 @@ pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, name: 
         .copied()
         .unwrap_or(0)
         .saturating_sub(before.get(name).copied().unwrap_or(0))
+}
+
+/// What the filter logged at start-up about its signature backends: the line
+/// `tokenbind: crypto: ES256=host ... EdDSA=wasm (crypto=auto)`, one per Wasm VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CryptoLog {
+    /// `alg=backend` pairs, in the logged order.
+    pub backends: Vec<(String, String)>,
+    /// The mode the filter reports (`crypto=...` in parentheses), if it logged one.
+    pub mode: Option<String>,
+    /// The logged text after `tokenbind: crypto: ` (all distinct lines, joined by " | ", if the
+    /// VMs disagree).
+    pub line: String,
+    /// Other start-up lines about the backends (e.g. "host signature verification unusable").
+    pub notes: Vec<String>,
+}
+
+const CRYPTO_MARK: &str = "tokenbind: crypto: ";
+const HOST_UNUSABLE_MARK: &str = "tokenbind: host signature verification unusable";
+
+/// Parses the filter's `tokenbind: crypto:` start-up line(s) out of an Envoy log. None when
+/// there is none (a filter build that predates the line, or Wasm logs below `info`).
+pub fn parse_crypto_log(log: &str) -> Option<CryptoLog> {
+    let mut lines: Vec<&str> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for l in log.lines() {
+        if let Some((_, rest)) = l.split_once(CRYPTO_MARK) {
+            let rest = rest.trim();
+            if !lines.contains(&rest) {
+                lines.push(rest);
+            }
+        } else if let Some(i) = l.find(HOST_UNUSABLE_MARK) {
+            let note = l.get(i + "tokenbind: ".len()..).unwrap_or_default().trim();
+            if !notes.iter().any(|n| n == note) {
+                notes.push(note.to_owned());
+            }
+        }
+    }
+    let first = *lines.first()?;
+    let (pairs, mode) = match first.rsplit_once(" (crypto=") {
+        Some((pairs, mode)) => (pairs, Some(mode.trim_end_matches(')').to_owned())),
+        None => (first, None),
+    };
+    let backends = pairs
+        .split_whitespace()
+        .filter_map(|p| p.split_once('='))
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    Some(CryptoLog {
+        backends,
+        mode,
+        line: lines.join(" | "),
+        notes,
+    })
 }
