@@ -511,6 +511,51 @@ fn rotation_is_picked_up_by_one_unknown_kid_refetch() {
 }
 
 #[test]
+fn a_cached_token_is_withdrawn_with_its_key_at_rotation() {
+    let old = TokenIssuer::new(ISSUER);
+    let server = JwksServer::serving(old.jwks());
+    let s = Setup::new(json!({})).start(old, server);
+    s.wait_keys_installed();
+    // One token, verified once and then served from the cache.
+    let token = s.issuer.sign(Alg::Es256, &fresh_claims(&s.issuer));
+    let (r, _) = s.get("/api", Some(&token));
+    assert_allowed(&r, "token under the original key");
+    let hits = s.counter("tokenbind.cache.hit");
+    let (r, _) = s.get("/api", Some(&token));
+    assert_allowed(&r, "the same token again");
+    assert_eq!(
+        s.counter("tokenbind.cache.hit"),
+        hits + 1,
+        "{}",
+        s.diagnostics()
+    );
+
+    // The issuer withdraws the key (as after a compromise) and publishes a new one; a token
+    // under the new kid makes the filter refetch and install the new set.
+    let rotated = TokenIssuer::with_kids(ISSUER, "es256-2", "eddsa-2");
+    s.server.set_jwks(rotated.jwks());
+    let (r, _) = s.call(&rotated, Alg::Es256);
+    assert_allowed(&r, "token under the new kid (refetch)");
+    assert!(
+        s.envoy
+            .log()
+            .contains("cached tokens were verified by keys no longer in the key set"),
+        "the withdrawal is logged\n{}",
+        s.diagnostics()
+    );
+    // The cached token is gone with its key: verified again, and refused.
+    let misses = s.counter("tokenbind.cache.miss");
+    let (r, _) = s.get("/api", Some(&token));
+    assert_denied(&r, "unknown_key", "cached token whose key was withdrawn");
+    assert_eq!(
+        s.counter("tokenbind.cache.miss"),
+        misses + 1,
+        "{}",
+        s.diagnostics()
+    );
+}
+
+#[test]
 fn rotation_with_two_workers_refetches_once() {
     let old = TokenIssuer::new(ISSUER);
     let server = JwksServer::serving(old.jwks());

@@ -77,6 +77,21 @@ impl TokenCache {
         self.entries.insert(key, facts);
     }
 
+    /// Drops every entry for which `keep` is false (for example tokens verified by a key that
+    /// was withdrawn). Returns how many were dropped. O(n): runs only when keys change.
+    pub fn retain(&mut self, keep: impl Fn(&TokenFacts) -> bool) -> usize {
+        let before = self.entries.len();
+        let by_expiry = &mut self.by_expiry;
+        self.entries.retain(|key, facts| {
+            let kept = keep(facts);
+            if !kept {
+                by_expiry.remove(&(facts.valid_until, *key));
+            }
+            kept
+        });
+        before - self.entries.len()
+    }
+
     /// Drops every entry whose token has expired at `now`.
     pub fn purge_expired(&mut self, now: u64) {
         while let Some(&(valid_until, key)) = self.by_expiry.first() {
@@ -100,6 +115,7 @@ mod tests {
             issuer: "iss".into(),
             subject: None,
             valid_until,
+            key: [0; 32],
             spiffe: SpiffeClaim::Off,
             cnf: Confirmation::default(),
         })

@@ -208,12 +208,19 @@ impl Engine {
         &self.crypto
     }
 
-    /// Installs a provider's (newly fetched) keys. Tokens already verified stay cached until
-    /// they expire.
-    pub fn install_keys(&self, provider: usize, keys: KeySet) {
+    /// Installs a provider's (newly fetched) keys. Cached tokens of that provider whose key is
+    /// no longer in the set are dropped at once, so withdrawing a key (after a compromise)
+    /// withdraws the tokens it signed; they are verified again, and refused, on their next
+    /// request. Returns how many cached tokens were dropped.
+    pub fn install_keys(&self, provider: usize, keys: KeySet) -> usize {
+        let dropped = self
+            .cache
+            .borrow_mut()
+            .retain(|f| f.provider != provider || keys.contains(&f.key));
         if let Some(slot) = self.key_sets.borrow_mut().get_mut(provider) {
             *slot = Some(Rc::new(keys));
         }
+        dropped
     }
 
     /// Whether a provider has keys to verify with.

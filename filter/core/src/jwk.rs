@@ -109,7 +109,13 @@ pub enum KeyMaterial {
 pub struct PublicKey {
     material: KeyMaterial,
     spki: Option<Arc<[u8]>>,
+    fingerprint: KeyFingerprint,
 }
+
+/// SHA-256 over a key's type and public bytes: the same key parsed twice (a refetched key set)
+/// has the same fingerprint. The verified-token cache remembers which key verified a token, so
+/// withdrawing the key withdraws the token.
+pub type KeyFingerprint = [u8; 32];
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,10 +125,29 @@ impl fmt::Debug for PublicKey {
 
 impl PublicKey {
     fn new(material: KeyMaterial, spki: Option<Vec<u8>>) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match (&material, &spki) {
+            (KeyMaterial::Ed25519(k), _) => {
+                h.update(b"OKP:Ed25519:");
+                h.update(k.as_bytes());
+            }
+            (_, Some(der)) => {
+                h.update(b"SPKI:");
+                h.update(der);
+            }
+            // Every EC and RSA key carries its SPKI; nothing else is constructed.
+            (_, None) => h.update(b"none"),
+        }
         PublicKey {
             material,
             spki: spki.map(Arc::from),
+            fingerprint: h.finalize().into(),
         }
+    }
+
+    pub fn fingerprint(&self) -> &KeyFingerprint {
+        &self.fingerprint
     }
 
     pub fn material(&self) -> &KeyMaterial {
@@ -338,6 +363,11 @@ impl KeySet {
 
     pub fn keys(&self) -> &[Jwk] {
         &self.keys
+    }
+
+    /// Whether a key with this fingerprint is in the set.
+    pub fn contains(&self, fingerprint: &KeyFingerprint) -> bool {
+        self.keys.iter().any(|k| k.key.fingerprint() == fingerprint)
     }
 
     /// Keys that may verify a token with this `kid` and `alg`. With a `kid`, only keys

@@ -5,7 +5,7 @@
 use crate::config::{Config, Provider, SpiffeBinding};
 use crate::crypto::Crypto;
 use crate::jwk::KeySet;
-use crate::jwk::{Alg, AlgError};
+use crate::jwk::{Alg, AlgError, KeyFingerprint};
 use crate::reason::{Denial, Reason};
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -44,8 +44,12 @@ pub struct TokenFacts {
     pub provider: usize,
     pub issuer: String,
     pub subject: Option<String>,
-    /// The last second at which the token is still accepted (`exp` plus clock skew).
+    /// The first second at which the token is no longer accepted (`exp` plus clock skew): an
+    /// exclusive bound.
     pub valid_until: u64,
+    /// The key that verified the token: when a new key set no longer has it, the cached token
+    /// is dropped.
+    pub key: KeyFingerprint,
     pub spiffe: SpiffeClaim,
     pub cnf: Confirmation,
 }
@@ -308,9 +312,11 @@ fn verify_routed(
         ));
     }
     let input = jws.signing_input.as_bytes();
-    if !candidates.any(|k| crypto.verify(&k.key, alg, input, &jws.signature)) {
+    let Some(verified_by) = candidates.find(|k| crypto.verify(&k.key, alg, input, &jws.signature))
+    else {
         return Err(deny(Reason::BadSignature, "signature does not verify"));
-    }
+    };
+    let key = *verified_by.key.fingerprint();
 
     // Time claims (RFC 7519 §4.1.4-6), with the provider's clock skew.
     let skew = provider.clock_skew_seconds;
@@ -343,6 +349,7 @@ fn verify_routed(
         issuer: provider.issuer.clone(),
         subject: string_claim(&jws.claims, "sub").map(str::to_owned),
         valid_until,
+        key,
         spiffe: spiffe_claim(&jws.claims, config.spiffe.as_ref()),
         cnf: confirmation(&jws.claims)?,
     })

@@ -697,3 +697,39 @@ fn xfcc_from_anyone_else_is_ignored_and_counted() {
     let d = via_gateway(&engine, &t, Some(&forged), client_peer());
     assert_eq!(d.outcome, Outcome::Allow);
 }
+
+#[test]
+fn withdrawing_a_key_withdraws_the_cached_tokens_it_verified() {
+    use tokenbind_core::jwk::KeySet;
+    use tokenbind_core::CacheUse;
+    let keys = Keys::new();
+    let engine = engine(&keys, json!({}));
+    let es = token(&keys, Signer::ES256, json!({}));
+    let ed = token(&keys, Signer::EdDSA, json!({}));
+    let request = |t: &str| {
+        MockHost::new()
+            .with_header("authorization", &format!("Bearer {t}"))
+            .with_peer(client_peer())
+    };
+    for t in [&es, &ed] {
+        assert_eq!(engine.decide(&request(t), now()).outcome, Outcome::Allow);
+        assert_eq!(engine.decide(&request(t), now()).cache, CacheUse::Hit);
+    }
+    // The same keys, parsed again (a refetch that changed nothing): nothing is dropped.
+    let same = KeySet::from_value(&keys.jwks()).unwrap();
+    assert_eq!(engine.install_keys(0, same), 0);
+    assert_eq!(engine.decide(&request(&es), now()).cache, CacheUse::Hit);
+    // A rotation that withdraws the ES256 key: its token is dropped from the cache at once and
+    // refused on its next request; the EdDSA token, whose key stayed, is still a cache hit.
+    let mut jwks = keys.jwks();
+    jwks["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] != "es-1");
+    let rotated = KeySet::from_value(&jwks).unwrap();
+    assert_eq!(engine.install_keys(0, rotated), 1);
+    let d = engine.decide(&request(&es), now());
+    assert_eq!(d.cache, CacheUse::Miss);
+    assert_eq!(d.denial().map(|d| d.reason), Some(Reason::UnknownKey));
+    assert_eq!(engine.decide(&request(&ed), now()).cache, CacheUse::Hit);
+}

@@ -108,7 +108,13 @@ impl Fetcher {
                 if let Some(g) = s.gauge {
                     host::set_gauge(g, keys.len() as u64);
                 }
-                engine.install_keys(s.provider, keys);
+                let withdrawn = engine.install_keys(s.provider, keys);
+                if withdrawn > 0 {
+                    log::warn!(
+                        "tokenbind: provider {}: {withdrawn} cached tokens were verified by keys no longer in the key set; they are verified again on their next request",
+                        s.name
+                    );
+                }
                 s.installed_cas = Some(cas);
                 events.settled.push(s.provider);
             }
