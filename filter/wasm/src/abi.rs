@@ -74,6 +74,20 @@ extern "C" {
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
@@ -265,6 +279,43 @@ pub fn now_nanos() -> Option<u64> {
     // SAFETY: the out-pointer is a valid local.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut t) };
     (status == OK).then_some(t)
+}
+
+/// `BufferType` values.
+pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+/// `MetricType` values.
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
+
+/// Writes a log line at `level` (proxy-wasm `LogLevel`: 0 trace … 5 critical); a host error
+/// is ignored (there is nowhere else to report it).
+pub fn log(level: u32, message: &str) {
+    // SAFETY: the message is a live slice; the host copies it.
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// Defines a metric; its id, or the host status.
+pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, u32> {
+    let mut id = 0;
+    // SAFETY: the name is a live slice; the out-pointer is a valid local.
+    let status = unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) };
+    if status == OK {
+        Ok(id)
+    } else {
+        Err(status)
+    }
+}
+
+/// Up to `max_size` bytes of a host buffer; `None` when absent or on any host error.
+pub fn buffer(buffer_type: u32, max_size: usize) -> Option<Vec<u8>> {
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: the out-pointers are valid locals.
+    let status = unsafe { proxy_get_buffer_bytes(buffer_type, 0, max_size, &mut data, &mut size) };
+    // SAFETY: as in `header_value`.
+    let bytes = unsafe { take(data, size) };
+    (status == OK && !data.is_null()).then_some(bytes)
 }
 
 /// Sets the root context's timer period. False if the host refused.

@@ -1,10 +1,11 @@
 //! The narrow host interface: the proxy-wasm host calls the filter makes. Request-path calls go
-//! through [`crate::abi`], which turns every host status into a value; the few start-up-only
-//! calls use the SDK.
+//! through [`crate::abi`], which turns every host status into a value; so do the start-up calls
+//! (metrics, configuration, logging): nothing here can panic on a host status. Two exceptions
+//! remain in the SDK, both off the request path: `dispatch_http_call` (its dispatcher must
+//! register the call), and the dispatcher's own `set_effective_context` when it delivers an
+//! HTTP call response to the root context.
 
 use crate::abi;
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MetricType, Status};
 use tokenbind_core::crypto::{self, HostCryptoError, HostRequest, SignatureHost};
 use tokenbind_core::peer::{self, PeerWant};
 use tokenbind_core::{Host, Peer, SharedData, SharedError};
@@ -89,17 +90,16 @@ pub fn now_unix_millis() -> u64 {
 
 /// The plugin configuration bytes.
 pub fn plugin_configuration() -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-        .ok()
-        .flatten()
+    abi::buffer(abi::BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
 }
 
-pub fn define_counter(name: &str) -> Result<u32, Status> {
-    hostcalls::define_metric(MetricType::Counter, name)
+/// Defines a counter: its id, or the host status.
+pub fn define_counter(name: &str) -> Result<u32, u32> {
+    abi::define_metric(abi::METRIC_COUNTER, name)
 }
 
-pub fn define_gauge(name: &str) -> Result<u32, Status> {
-    hostcalls::define_metric(MetricType::Gauge, name)
+pub fn define_gauge(name: &str) -> Result<u32, u32> {
+    abi::define_metric(abi::METRIC_GAUGE, name)
 }
 
 pub fn increment(id: u32) {
@@ -121,14 +121,12 @@ pub fn set_filter_state(name: &str, value: &str) {
     abi::set_property(name, value);
 }
 
-/// Dispatches a GET through an Envoy cluster; returns the call token.
-pub fn http_get(
-    cluster: &str,
-    authority: &str,
-    path: &str,
-    timeout_ms: u64,
-) -> Result<u32, Status> {
-    hostcalls::dispatch_http_call(
+/// Dispatches a GET through an Envoy cluster; returns the call token or the host status.
+/// This one call stays on the SDK: its dispatcher must register the token to deliver the
+/// response (a raw call's response would hit the SDK's "invalid token" panic). It runs only
+/// from the root context's timer, never on the request path.
+pub fn http_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, u32> {
+    proxy_wasm::hostcalls::dispatch_http_call(
         cluster,
         vec![
             (":method", "GET"),
@@ -142,6 +140,7 @@ pub fn http_get(
         vec![],
         std::time::Duration::from_millis(timeout_ms),
     )
+    .map_err(|status| status as u32)
 }
 
 /// A header of the HTTP call response being delivered, as text (lossy).
@@ -152,9 +151,40 @@ pub fn call_response_header(name: &str) -> Option<String> {
 
 /// The body of the HTTP call response being delivered.
 pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
-        .ok()
-        .flatten()
+    abi::buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, size)
+}
+
+/// The `log` crate's logger, over the raw `proxy_log` call (the SDK's logger panics on an
+/// unexpected host status, and deny lines are logged on the request path).
+pub struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
+        };
+        abi::log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+pub static LOGGER: Logger = Logger;
+
+/// A line at proxy-wasm's `critical` level (above what the `log` crate has).
+pub fn log_critical(message: &str) {
+    abi::log(5, message);
 }
 
 /// Makes `context_id` the context subsequent host calls act on. False if it is gone.

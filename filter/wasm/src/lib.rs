@@ -10,7 +10,7 @@ mod host;
 
 use fetch::{Events, Fetcher, Pending};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use tokenbind_core::crypto::{self, SignatureHost};
@@ -19,7 +19,11 @@ use tokenbind_core::replay::ReplayStore;
 use tokenbind_core::{nonce, Config, Crypto, CryptoMode, Decision, Engine, Host, Mode, Reason};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Our logger, not the SDK's: every host call goes through the non-panicking ABI layer.
+    let _ = log::set_logger(&host::LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    // Nothing should panic (clippy denies it); if something does, say where, at critical.
+    std::panic::set_hook(Box::new(|info| host::log_critical(&format!("tokenbind: panic: {info}"))));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
         Box::new(Root { context_id, shared: None })
     });
