@@ -405,10 +405,12 @@ impl Engine {
         let nonce_key = if settings.require_nonce {
             match nonce::load_key(host) {
                 Some(key) => Some(key),
+                // Without the key no nonce can be issued: answering use_dpop_nonce would ask
+                // the client for something it cannot get. Its own reason, a 503.
                 None => {
                     return Err(Denial::new(
-                        Reason::DpopNonceRequired,
-                        "nonce key unavailable in shared data",
+                        Reason::DpopNonceUnavailable,
+                        "nonce key unavailable in shared data; failing closed",
                     ))
                 }
             }

@@ -33,13 +33,14 @@ pub enum Reason {
     DpopHtuMismatch,
     DpopIatOutOfWindow,
     DpopNonceRequired,
+    DpopNonceUnavailable,
     DpopDowngrade,
     JwksUnavailable,
 }
 
 impl Reason {
     /// Every reason, in declaration order. Used to pre-define one counter per reason.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 31] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::TokenTooLarge,
@@ -68,6 +69,7 @@ impl Reason {
         Reason::DpopHtuMismatch,
         Reason::DpopIatOutOfWindow,
         Reason::DpopNonceRequired,
+        Reason::DpopNonceUnavailable,
         Reason::DpopDowngrade,
         Reason::JwksUnavailable,
     ];
@@ -103,6 +105,7 @@ impl Reason {
             Reason::DpopHtuMismatch => "dpop_htu_mismatch",
             Reason::DpopIatOutOfWindow => "dpop_iat_out_of_window",
             Reason::DpopNonceRequired => "dpop_nonce_required",
+            Reason::DpopNonceUnavailable => "dpop_nonce_unavailable",
             Reason::DpopDowngrade => "dpop_downgrade",
             Reason::JwksUnavailable => "jwks_unavailable",
         }
@@ -113,7 +116,9 @@ impl Reason {
     pub const fn is_server_side(self) -> bool {
         matches!(
             self,
-            Reason::DpopReplayStoreFull | Reason::DpopReplayStoreUnavailable
+            Reason::DpopReplayStoreFull
+                | Reason::DpopReplayStoreUnavailable
+                | Reason::DpopNonceUnavailable
         )
     }
 
@@ -177,6 +182,9 @@ impl Reason {
             Reason::DpopHtuMismatch => "the DPoP proof is for another URI",
             Reason::DpopIatOutOfWindow => "the DPoP proof is too old or too far in the future",
             Reason::DpopNonceRequired => "Resource server requires nonce in DPoP proof",
+            Reason::DpopNonceUnavailable => {
+                "the server cannot issue DPoP nonces right now; retry later"
+            }
             Reason::DpopDowngrade => {
                 "the token is DPoP-bound and must be sent with the DPoP scheme"
             }

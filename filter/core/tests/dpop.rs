@@ -616,6 +616,26 @@ fn rejected_proofs_do_not_consume_the_replay_store() {
 }
 
 #[test]
+fn a_missing_nonce_key_is_its_own_reason_and_never_asks_for_a_nonce() {
+    let s = setup(ProofKey::es256("client"));
+    let engine = engine(&s.keys, json!({"dpop": {"require_nonce": true}}));
+    // Shared data without the nonce key (as if the VM that creates it had no randomness).
+    let shared = MemorySharedData::default();
+    tokenbind_core::replay::ReplayStore::prepare(&shared);
+    let proof = s.key.proof(&s.token, json!({}), json!({}));
+    let d = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+    assert_eq!(reason(&d), Some(Reason::DpopNonceUnavailable));
+    assert!(d.dpop_nonce.is_none());
+    let reply = d.reply(engine.config()).unwrap();
+    assert_eq!(reply.status, 503);
+    assert!(!reply
+        .headers
+        .iter()
+        .any(|(k, _)| *k == "dpop-nonce" || *k == "www-authenticate"));
+    assert!(reply.body.contains("dpop_nonce_unavailable"));
+}
+
+#[test]
 fn nonce_round_trip_when_required() {
     let s = setup(ProofKey::es256("client"));
     let engine = engine(&s.keys, json!({"dpop": {"require_nonce": true}}));
