@@ -8,7 +8,6 @@
 //! (the host always digests first) and RSA-PSS (no padding parameter) are always pure Rust.
 
 use crate::jwk::{Alg, PublicKey};
-use std::cell::Cell;
 use std::fmt;
 
 /// The `crypto` setting.
@@ -131,8 +130,6 @@ const fn ecdsa_coordinate_bytes(alg: Alg) -> Option<usize> {
 pub struct Crypto {
     host: Option<Box<dyn SignatureHost>>,
     mode: CryptoMode,
-    /// Host calls that failed (each fell back to pure Rust).
-    host_errors: Cell<u64>,
 }
 
 impl fmt::Debug for Crypto {
@@ -156,7 +153,6 @@ impl Crypto {
         Crypto {
             host: None,
             mode: CryptoMode::Wasm,
-            host_errors: Cell::new(0),
         }
     }
 
@@ -178,11 +174,7 @@ impl Crypto {
             }
             (_, host) => host,
         };
-        Ok(Crypto {
-            host,
-            mode,
-            host_errors: Cell::new(0),
-        })
+        Ok(Crypto { host, mode })
     }
 
     pub fn mode(&self) -> CryptoMode {
@@ -205,11 +197,6 @@ impl Crypto {
             .map(|a| format!("{a}={}", self.backend(*a).as_str()))
             .collect::<Vec<_>>()
             .join(" ")
-    }
-
-    /// How many host calls failed and fell back to pure Rust.
-    pub fn host_errors(&self) -> u64 {
-        self.host_errors.get()
     }
 
     /// Verifies a JWS signature over `signing_input`. False on any mismatch, including a key
@@ -250,9 +237,8 @@ impl Crypto {
             Ok(valid) => valid,
             Err(_) => {
                 // The host could not answer (it did at start-up): the same question in pure
-                // Rust gives the same answer, so fall back rather than deny.
-                self.host_errors
-                    .set(self.host_errors.get().saturating_add(1));
+                // Rust gives the same answer, so fall back rather than deny. The host adapter
+                // counts the failed call.
                 key.verify_in_wasm(alg, signing_input, signature)
             }
         }

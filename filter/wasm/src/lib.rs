@@ -58,8 +58,8 @@ impl Counters {
     }
 
     fn increment(&self, counter: Counter) {
-        if let Some(Some(id)) = self.0.get(counter.index()) {
-            host::increment(*id);
+        if let Some(id) = self.id(counter) {
+            host::increment(id);
         }
     }
 }
@@ -287,13 +287,15 @@ impl Shared {
 /// `verify_signature`), then chooses the backend per algorithm for `mode`. `None` (after logging
 /// why) when `crypto: "host"` cannot be honoured.
 fn select_crypto(mode: CryptoMode, counters: &Counters) -> Option<Crypto> {
-    let envoy = || host::EnvoyCrypto {
-        error_counter: counters.id(Counter::CryptoHostError),
-    };
     let host: Option<Box<dyn SignatureHost>> = match mode {
         CryptoMode::Wasm => None,
-        CryptoMode::Auto | CryptoMode::Host => match crypto::probe(&envoy()) {
-            Ok(()) => Some(Box::new(envoy())),
+        // The probe's failures are reported by the log line below, not as run-time host errors.
+        CryptoMode::Auto | CryptoMode::Host => match crypto::probe(&host::EnvoyCrypto {
+            error_counter: None,
+        }) {
+            Ok(()) => Some(Box::new(host::EnvoyCrypto {
+                error_counter: counters.id(Counter::CryptoHostError),
+            })),
             Err(e) => {
                 let level = if mode == CryptoMode::Host {
                     log::Level::Error
