@@ -466,3 +466,60 @@ fn the_engine_exempts_only_normal_matching_paths() {
         }
     }
 }
+
+/// Seeded random paths built from the characters that matter (separators, dots, percent
+/// signs and the hex digits of `%2F`/`%5C`/`%2E`, `;`, `\`, query and fragment): the
+/// normaliser never panics, and every normal form it returns is a fixed point with no dot
+/// segments, no `//`, no query and no encoded or raw separator other than `/`.
+#[test]
+fn random_paths_normalise_to_fixed_points_or_are_refused() {
+    const PIECES: &[&str] = &[
+        "/", "/", "//", ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "%25", "%", "%4",
+        "%68", "%7e", "%C3%a9", ";", "..;", "\\", "?", "#", "healthz", "h", "a", "-", "~",
+        "\u{7f}", " ", "\0", "é",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    };
+    let m = matcher(json!(["/healthz"]));
+    let (mut normal, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let mut p = String::from(if next(8) == 0 { "" } else { "/" });
+        for _ in 0..next(12) {
+            p.push_str(PIECES[next(PIECES.len())]);
+        }
+        match normalize(&p) {
+            Ok(n) => {
+                normal += 1;
+                assert!(n.starts_with('/'), "{p:?} -> {n:?}");
+                assert_eq!(normalize(&n).as_deref(), Ok(&*n), "{p:?} -> {n:?}");
+                assert!(!n.contains("//"), "{p:?} -> {n:?}");
+                assert!(!n.contains(['?', '#', '\\']), "{p:?} -> {n:?}");
+                assert!(!n.contains("%2F") && !n.contains("%5C"), "{p:?} -> {n:?}");
+                assert!(
+                    n.split('/').all(|s| s != "." && s != ".."),
+                    "{p:?} -> {n:?}"
+                );
+                if m.matches(None, &p) {
+                    assert!(
+                        n == "/healthz" || n.starts_with("/healthz/"),
+                        "{p:?} -> {n:?}"
+                    );
+                }
+            }
+            Err(r) => {
+                refused += 1;
+                assert!(!m.matches(None, &p), "{p:?} refused ({r}) but matched");
+            }
+        }
+    }
+    // Both branches were exercised.
+    assert!(
+        normal > 1000 && refused > 1000,
+        "{normal} normal, {refused} refused"
+    );
+}
