@@ -159,6 +159,26 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
             black_box(engine.decide(black_box(&host), now));
         }));
     }
+    // exempt_paths: the normaliser and the matcher (`tokenbind_core::paths`).
+    {
+        let list = json!([
+            "/healthz",
+            {"exact": "/ready"},
+            {"prefix": "/livez", "methods": ["GET", "HEAD"]}
+        ]);
+        let matcher = tokenbind_core::paths::PathMatcher::from_json(
+            list.as_array().ok_or("exempt list")?,
+            "exempt_paths",
+        )
+        .map_err(|e| e.to_string())?;
+        let m = matcher.clone();
+        ops.push(simple("paths/match_normal", move || {
+            black_box(m.matches(Some("GET"), black_box("/api/orders/42?full=1")));
+        }));
+        ops.push(simple("paths/match_dirty", move || {
+            black_box(matcher.matches(Some("GET"), black_box("/a/%7Eb/./c//../healthz/live")));
+        }));
+    }
     // The pieces of a cache hit.
     {
         let token = fx.token(TokenAlg::Es256).to_owned();

@@ -537,6 +537,7 @@ pub struct Bootstrap {
     route_cluster: Option<String>,
     clusters: Vec<Value>,
     forward_client_cert: bool,
+    normalize_paths: bool,
 }
 
 impl Bootstrap {
@@ -552,6 +553,7 @@ impl Bootstrap {
             route_cluster: None,
             clusters: Vec::new(),
             forward_client_cert: false,
+            normalize_paths: true,
         }
     }
 
@@ -621,6 +623,13 @@ impl Bootstrap {
         self
     }
 
+    /// Leave out the recommended path settings ([`path_normalization`]): the filter then
+    /// sees `:path` exactly as the client sent it (defence-in-depth tests).
+    pub fn without_path_normalization(mut self) -> Bootstrap {
+        self.normalize_paths = false;
+        self
+    }
+
     /// Put the tokenbind filter in the chain through Extension Config
     /// Discovery: its configuration comes from `source`'s file (which must
     /// hold a valid resource before Envoy starts, or the listener waits for
@@ -666,6 +675,13 @@ impl Bootstrap {
             },
             "http_filters": http_filters
         });
+        if self.normalize_paths {
+            if let (Some(hcm), Value::Object(settings)) =
+                (hcm.as_object_mut(), path_normalization())
+            {
+                hcm.extend(settings);
+            }
+        }
         if self.forward_client_cert {
             hcm["forward_client_cert_details"] = json!("SANITIZE_SET");
             hcm["set_current_client_cert_details"] = json!({"uri": true});
@@ -712,6 +728,18 @@ impl Bootstrap {
         }
         bootstrap
     }
+}
+
+/// The HTTP connection manager settings every bootstrap here carries (see the README, "Path
+/// exemptions"): Envoy normalises `:path` (RFC 3986 dot segments, percent-encoded unreserved
+/// characters, `\` to `/`) and merges slashes before any filter or route sees it, and
+/// rejects an escaped `/` or `\` (`%2F`, `%5C`) with 400.
+pub fn path_normalization() -> Value {
+    json!({
+        "normalize_path": true,
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST"
+    })
 }
 
 /// The `envoy.filters.http.wasm` filter entry for the tokenbind module.
@@ -1056,6 +1084,19 @@ mod tests {
         );
         assert!(hcm.get("forward_client_cert_details").is_none());
         assert!(b["static_resources"].get("clusters").is_none());
+        assert_eq!(hcm["normalize_path"], true);
+        assert_eq!(hcm["merge_slashes"], true);
+        assert_eq!(hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST");
+        let raw = Bootstrap::new(&pki).without_path_normalization().build();
+        let hcm = &raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        for key in [
+            "normalize_path",
+            "merge_slashes",
+            "path_with_escaped_slashes_action",
+        ] {
+            assert!(hcm.get(key).is_none(), "{key}");
+        }
     }
 
     #[test]

@@ -327,6 +327,55 @@ fn validate_rejects_broken_examples() {
     );
 }
 
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// Every HTTP connection manager configuration in `v`.
+fn hcms(v: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    if v.get("@type").and_then(Value::as_str) == Some(HCM_TYPE) {
+        out.push(v);
+    }
+    match v {
+        Value::Object(m) => m.values().for_each(|c| out.extend(hcms(c))),
+        Value::Array(a) => a.iter().for_each(|c| out.extend(hcms(c))),
+        _ => {}
+    }
+    out
+}
+
+/// Every example bootstrap, and the harness's own (which the benchmarks and examples/ use),
+/// normalises paths before the filter sees them and refuses escaped slashes (README, "Path
+/// exemptions").
+#[test]
+fn every_example_bootstrap_normalises_paths() {
+    let want = tokenbind_integration::envoy::path_normalization();
+    let mut seen = Vec::new();
+    let harness = tokenbind_integration::envoy::Bootstrap::new(&Pki::new()).build();
+    let mut bootstraps = vec![("integration/src/envoy.rs Bootstrap".to_string(), harness)];
+    for rel in config_files() {
+        for (i, doc) in docs(&rel).into_iter().enumerate() {
+            if classify(&doc) == Class::Bootstrap {
+                bootstraps.push((format!("{}#{i}", rel.display()), doc));
+            }
+        }
+    }
+    for (what, doc) in &bootstraps {
+        let found = hcms(doc);
+        assert!(!found.is_empty(), "{what} has no HTTP connection manager");
+        for hcm in found {
+            for (key, value) in want.as_object().unwrap() {
+                assert_eq!(hcm.get(key), Some(value), "{what}: {key}");
+            }
+        }
+        seen.push(what.clone());
+    }
+    assert!(
+        seen.iter().any(|w| w == &format!("{EXAMPLE}#0")),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn classification_is_by_content() {
     assert_eq!(classify(&json!({"static_resources": {}})), Class::Bootstrap);

@@ -236,6 +236,10 @@ fn every_manifest_passes_istio_crd_schemas() {
         vec![
             ("envoyfilter.yaml#0".to_string(), ENVOYFILTER.to_string()),
             (
+                "path-normalization.yaml#0".to_string(),
+                ENVOYFILTER.to_string()
+            ),
+            (
                 "wasmplugin-enforce.yaml#0".to_string(),
                 WASMPLUGIN.to_string()
             ),
@@ -762,6 +766,71 @@ fn assert_validates(config: &Value, what: &str, configured_mode: Option<&str>) {
             "{what}: the plugin did not configure itself ({marker:?} missing):\n{log}"
         );
     }
+}
+
+/// Istio rewrites HTTP probes to istio-agent's port, so kubelet never goes through the inbound
+/// listener: the manifests exempt nothing (README, "Path exemptions").
+#[test]
+fn istio_manifests_exempt_no_paths() {
+    let ef = manifest("envoyfilter.yaml");
+    let (ext, _) = envoyfilter_parts(&ef);
+    let configs = [
+        (
+            "wasmplugin.yaml",
+            manifest("wasmplugin.yaml")["spec"]["pluginConfig"].clone(),
+        ),
+        (
+            "wasmplugin-enforce.yaml",
+            manifest("wasmplugin-enforce.yaml")["spec"]["pluginConfig"].clone(),
+        ),
+        ("envoyfilter.yaml", wasm_configuration(&ext["typed_config"])),
+    ];
+    for (name, config) in configs {
+        assert!(config.is_object(), "{name}: {config}");
+        assert!(config.get("exempt_paths").is_none(), "{name}: {config}");
+    }
+}
+
+/// `path-normalization.yaml` merges the three recommended settings into the inbound HTTP
+/// connection manager, and Envoy accepts the result.
+#[test]
+fn path_normalization_patch_sets_the_recommended_settings() {
+    let ef = manifest("path-normalization.yaml");
+    let wp = manifest("wasmplugin.yaml");
+    assert_eq!(kind_of(&ef), ENVOYFILTER);
+    assert_eq!(
+        ef["spec"]["workloadSelector"]["labels"], wp["spec"]["selector"]["matchLabels"],
+        "same workloads as the WasmPlugin"
+    );
+    let patches = ef["spec"]["configPatches"]
+        .as_array()
+        .expect("configPatches");
+    assert_eq!(patches.len(), 1);
+    let p = &patches[0];
+    assert_eq!(p["applyTo"], "NETWORK_FILTER");
+    assert_eq!(p["match"]["context"], "SIDECAR_INBOUND");
+    assert_eq!(
+        p["match"]["listener"]["filterChain"]["filter"]["name"],
+        "envoy.filters.network.http_connection_manager"
+    );
+    assert_eq!(p["patch"]["operation"], "MERGE");
+    let tc = &p["patch"]["value"]["typed_config"];
+    assert_eq!(tc["@type"], HCM_TYPE);
+    let want = tokenbind_integration::envoy::path_normalization();
+    let mut settings = tc.as_object().unwrap().clone();
+    settings.remove("@type");
+    assert_eq!(Value::Object(settings.clone()), want);
+
+    // Merged into an HCM that has none of them, Envoy validates it.
+    let pki = Pki::new();
+    let mut b = Bootstrap::new(&pki).without_path_normalization().build();
+    let hcm = b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]
+        .as_object_mut()
+        .unwrap();
+    assert!(hcm.get("normalize_path").is_none());
+    hcm.extend(settings);
+    assert_validates(&b, "path-normalization.yaml merged into the HCM", None);
 }
 
 #[test]

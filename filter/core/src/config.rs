@@ -3,6 +3,7 @@
 
 use crate::crypto::CryptoMode;
 use crate::jwk::{Alg, AlgError, KeySet};
+use crate::paths::PathMatcher;
 use crate::remote::{self, RemoteJwks};
 use crate::spiffe::validate_trust_domain;
 use serde::Deserialize;
@@ -88,8 +89,9 @@ struct RawConfig {
     spiffe: Option<RawSpiffe>,
     #[serde(default = "default_true")]
     require_binding: bool,
+    /// Strings (prefix entries) or `{prefix|exact, methods}` objects: see [`crate::paths`].
     #[serde(default)]
-    exempt_paths: Vec<String>,
+    exempt_paths: Vec<Value>,
     #[serde(default)]
     cache: RawCache,
     #[serde(default = "default_max_token_bytes")]
@@ -344,7 +346,8 @@ pub struct Config {
     pub providers: Vec<Provider>,
     pub spiffe: Option<SpiffeBinding>,
     pub require_binding: bool,
-    pub exempt_paths: Vec<String>,
+    /// Paths that skip the filter, matched on the normalised path ([`crate::paths`]).
+    pub exempt_paths: PathMatcher,
     pub cache_max_entries: usize,
     pub max_token_bytes: usize,
     pub realm: String,
@@ -374,12 +377,10 @@ impl Config {
         compile(raw, read_file)
     }
 
-    /// Whether `path` (the request's `:path`, query included) is exempt.
-    pub fn is_exempt(&self, path: &str) -> bool {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        self.exempt_paths
-            .iter()
-            .any(|p| path.starts_with(p.as_str()))
+    /// Whether a request with `method` and `path` (the request's `:path`, query included) is
+    /// exempt. A path without a normal form is never exempt ([`crate::paths::normalize`]).
+    pub fn is_exempt(&self, method: Option<&str>, path: &str) -> bool {
+        self.exempt_paths.matches(method, path)
     }
 }
 
@@ -441,14 +442,7 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
         }
     };
 
-    for (i, p) in raw.exempt_paths.iter().enumerate() {
-        if !p.starts_with('/') {
-            return Err(config_err(
-                format!("exempt_paths[{i}]"),
-                "must be a path prefix starting with '/'",
-            ));
-        }
-    }
+    let exempt_paths = PathMatcher::from_json(&raw.exempt_paths, "exempt_paths")?;
     if raw.cache.max_entries > MAX_CACHE_ENTRIES {
         return Err(config_err(
             "cache.max_entries",
@@ -495,7 +489,7 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
         providers,
         spiffe,
         require_binding: raw.require_binding,
-        exempt_paths: raw.exempt_paths,
+        exempt_paths,
         cache_max_entries: raw.cache.max_entries,
         max_token_bytes: raw.max_token_bytes,
         realm: raw.realm,

@@ -242,8 +242,18 @@ impl Engine {
     /// Decides one request at `now` (Unix seconds).
     pub fn decide(&self, host: &dyn Host, now: u64) -> Decision {
         let path = host.request_header(":path").unwrap_or_default();
-        if self.config.is_exempt(&path) {
-            return Decision::new(Outcome::Exempt);
+        if !self.config.exempt_paths.is_empty() {
+            let method = if self.config.exempt_paths.uses_methods() {
+                host.request_header(":method")
+            } else {
+                None
+            };
+            match self.config.exempt_paths.find(method.as_deref(), &path) {
+                Ok(Some(_)) => return Decision::new(Outcome::Exempt),
+                Ok(None) => {}
+                // Never exempt: the request goes through the full token check.
+                Err(refusal) => log::debug!("path has no normal form ({refusal}): not exempt"),
+            }
         }
         let authorization = host.request_header("authorization");
         let values: Vec<&str> = authorization.as_deref().into_iter().collect();

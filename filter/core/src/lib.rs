@@ -7,6 +7,7 @@
 //! - [`binding`]: is it bound to this caller ([`peer`], [`spiffe`], RFC 8705 thumbprint).
 //! - [`dpop`], [`replay`], [`nonce`], [`uri`]: RFC 9449 proof-of-possession.
 //! - [`cache`]: the verified-token cache.
+//! - [`paths`]: which normalised path a request names, and which path entries it matches.
 //! - [`engine`]: one request, one [`engine::Decision`].
 //! - [`reason`], [`response`], [`metrics`]: one enum of denial reasons feeding replies,
 //!   counters and logs.
@@ -23,6 +24,7 @@ pub mod jwk;
 pub mod jwt;
 pub mod metrics;
 pub mod nonce;
+pub mod paths;
 pub mod peer;
 pub mod reason;
 pub mod remote;
