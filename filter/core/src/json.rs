@@ -22,6 +22,22 @@ use std::fmt;
 /// config errors, which must stay short).
 const MAX_NAME_CHARS: usize = 64;
 
+/// Defines `fn $name(pointer: &str) -> &'static str`: a static log detail naming a duplicate
+/// member when its pointer is one of the registered names given, and a generic one otherwise.
+/// Denial details are static text chosen by the code, so a member name from a request is never
+/// echoed; the registered names are the ones an attacker would duplicate.
+macro_rules! duplicate_details {
+    ($name:ident, $what:literal, [$($member:literal),* $(,)?]) => {
+        fn $name(pointer: &str) -> &'static str {
+            match pointer {
+                $($member => concat!($what, " has a duplicate member ", $member),)*
+                _ => concat!($what, " has a duplicate member (an unregistered name, not logged)"),
+            }
+        }
+    };
+}
+pub(crate) use duplicate_details;
+
 /// Where a duplicate member was found: the path from the document root, outermost first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Duplicate {
