@@ -717,4 +717,64 @@ mod tests {
             FetchOutcome::Keys { count: 1 }
         );
     }
+
+    #[test]
+    fn duplicate_members_fail_the_fetch_and_keep_the_last_good_keys() {
+        let shared = MemorySharedData::default();
+        let p = RemoteProvider::new("mesh", "https://issuer.example", settings(false));
+        p.prepare(&shared);
+        let req = p.take_due_fetch(&shared, 0, false).unwrap();
+        let ok = |body: &[u8], now: u64| {
+            p.complete(
+                &shared,
+                &req,
+                FetchResponse {
+                    status: Some(200),
+                    cache_control: None,
+                    body: Some(body),
+                },
+                now,
+                0.5,
+            )
+        };
+        assert_eq!(ok(jwks().as_bytes(), 0), FetchOutcome::Keys { count: 1 });
+        let (_, good_cas) = p.sync(&shared, None).unwrap();
+        // The same key, with a second kid: a consumer taking the first kid and one taking
+        // the last would select different keys.
+        let dup = jwks().replacen(r#""kid":"a""#, r#""kid":"a","kid":"b""#, 1);
+        assert_ne!(dup, jwks());
+        let FetchOutcome::Failed(why) = ok(dup.as_bytes(), 10) else {
+            panic!("a duplicate kid was accepted");
+        };
+        assert_eq!(why, "JWKS is malformed: duplicate member /keys/0/kid");
+        assert!(p.sync(&shared, Some(good_cas)).is_none(), "keys replaced");
+        assert_eq!(p.state(&shared).failures, 1);
+    }
+
+    #[test]
+    fn a_discovery_document_with_a_duplicate_member_is_a_failed_fetch() {
+        let shared = MemorySharedData::default();
+        let p = RemoteProvider::new("mesh", "https://issuer.example", settings(true));
+        p.prepare(&shared);
+        let req = p.take_due_fetch(&shared, 0, false).unwrap();
+        // First-wins would fetch keys from evil.example; last-wins from keys.example.
+        let doc = r#"{"issuer":"https://issuer.example","jwks_uri":"https://evil.example/jwks","jwks_uri":"https://keys.example/jwks"}"#;
+        let out = p.complete(
+            &shared,
+            &req,
+            FetchResponse {
+                status: Some(200),
+                cache_control: None,
+                body: Some(doc.as_bytes()),
+            },
+            0,
+            0.5,
+        );
+        assert_eq!(
+            out,
+            FetchOutcome::Failed("discovery document has a duplicate member /jwks_uri".into())
+        );
+        assert_eq!(p.state(&shared).failures, 1);
+        assert_eq!(p.state(&shared).jwks, None);
+    }
 }
