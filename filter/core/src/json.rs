@@ -324,6 +324,16 @@ mod tests {
     }
 
     #[test]
+    fn nesting_is_bounded_by_serde_jsons_recursion_limit() {
+        for open in ["[", "{\"a\":"] {
+            let text = open.repeat(100_000);
+            assert!(matches!(from_str(&text), Err(JsonError::Syntax(_))));
+        }
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(from_str(&ok).is_ok());
+    }
+
+    #[test]
     fn pointers_are_safe_to_log() {
         let long = "n".repeat(500);
         let p = dup(&format!(r#"{{"{long}\n":1,"{long}\n":2}}"#));
