@@ -186,6 +186,38 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
             black_box(token_hash(black_box(&token)));
         }));
     }
+    // Strict JSON (duplicate members refused) against serde_json's own Value parse, on the
+    // decoded header and claims of a typical token: the extra cost of one meaning per token.
+    {
+        let token = fx.token(TokenAlg::Es256).to_owned();
+        let parts: Vec<Vec<u8>> = token
+            .split('.')
+            .take(2)
+            .map(|p| {
+                base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, p)
+                    .unwrap_or_default()
+            })
+            .collect();
+        for part in &parts {
+            if tokenbind_core::json::from_slice(part).is_err() {
+                return Err("the token's header or claims are not strict JSON".into());
+            }
+        }
+        let strict = parts.clone();
+        ops.push(simple("json/strict/token_header_and_claims", move || {
+            for part in &strict {
+                let _ = black_box(tokenbind_core::json::from_slice(black_box(part)));
+            }
+        }));
+        ops.push(simple(
+            "json/serde_json/token_header_and_claims",
+            move || {
+                for part in &parts {
+                    let _ = black_box(serde_json::from_slice::<Value>(black_box(part)));
+                }
+            },
+        ));
+    }
     {
         ops.push(simple("spiffe/parse", move || {
             let _ = black_box(SpiffeId::parse(black_box(CLIENT_ID)));

@@ -141,6 +141,47 @@ impl ProofKey {
         self.sign_parts(&h, &c)
     }
 
+    /// A valid proof (as [`ProofKey::proof`]) with `header_members` and `claim_members` (JSON
+    /// member text, e.g. `"htm":"POST"`) added to the header and claims text: the way to write
+    /// a duplicate member. The signature covers exactly the resulting text.
+    pub fn proof_with_members(
+        &self,
+        htm: &str,
+        htu: &str,
+        access_token: &str,
+        header_members: &str,
+        claim_members: &str,
+    ) -> String {
+        let h = json!({"typ": "dpop+jwt", "alg": self.alg().name(), "jwk": self.jwk()}).to_string();
+        let c = json!({
+            "jti": unique_jti(),
+            "htm": htm,
+            "htu": htu,
+            "iat": now(),
+            "ath": access_token_hash(access_token),
+        })
+        .to_string();
+        let add = |text: String, members: &str| {
+            if members.is_empty() {
+                text
+            } else {
+                crate::tokens::with_members(&text, members)
+            }
+        };
+        self.sign_text(&add(h, header_members), &add(c, claim_members))
+    }
+
+    /// A compact JWS of exactly the JSON text `header` and `claims`, signed with this key.
+    pub fn sign_text(&self, header: &str, claims: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(claims.as_bytes())
+        );
+        let sig = self.sign(input.as_bytes());
+        format!("{input}.{}", b64url(&sig))
+    }
+
     /// A compact JWS of exactly `header` and `claims`, signed with this key.
     pub fn sign_parts(&self, header: &Value, claims: &Value) -> String {
         let input = format!(

@@ -61,6 +61,9 @@ pub enum Behaviour {
     Hang,
     /// Wait this long, then answer as [`Behaviour::Serve`] (a slow issuer).
     Delay(Duration),
+    /// 200 `application/json` with exactly this body, for every path: JSON no `Value` can
+    /// hold, such as a duplicate member.
+    Raw(String),
 }
 
 /// One request the server received.
@@ -586,6 +589,14 @@ fn serve_connection(mut stream: TcpStream, inner: &Inner, id: u64, epoch: u64) -
                     close,
                 )?;
             }
+            Behaviour::Raw(body) => respond(
+                &mut stream,
+                200,
+                "application/json",
+                cache_control.as_deref(),
+                body.as_bytes(),
+                close,
+            )?,
             Behaviour::Garbage => respond(
                 &mut stream,
                 200,

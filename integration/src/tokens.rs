@@ -208,6 +208,37 @@ impl TokenIssuer {
         .unwrap_or_else(|e| panic!("jwt-simple failed to sign an {} token: {e}", alg.name()))
     }
 
+    /// Signs exactly `header` and `claims`, JSON text taken byte for byte, with this issuer's
+    /// key for `alg`: for tokens no JSON library writes, such as one with a duplicate member
+    /// (see [`with_members`]). The signature is valid, so only the text can be wrong.
+    pub fn sign_raw(&self, alg: Alg, header: &str, claims: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            b64url(header.as_bytes()),
+            b64url(claims.as_bytes())
+        );
+        let sig = match alg {
+            Alg::Es256 => {
+                use p256::ecdsa::signature::Signer as _;
+                let key = p256::ecdsa::SigningKey::from_slice(&self.es256.to_bytes())
+                    .unwrap_or_else(|e| panic!("re-importing the ES256 key failed: {e}"));
+                let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+                sig.to_bytes().to_vec()
+            }
+            Alg::EdDsa => {
+                let key = ed25519_compact::KeyPair::from_slice(&self.eddsa.to_bytes())
+                    .unwrap_or_else(|e| panic!("re-importing the Ed25519 key failed: {e}"));
+                key.sk.sign(input.as_bytes(), None).to_vec()
+            }
+        };
+        format!("{input}.{}", b64url(&sig))
+    }
+
+    /// The header jwt-simple writes for `alg` (`alg`, `kid`, `typ`), as JSON text.
+    pub fn header_text(&self, alg: Alg) -> String {
+        json!({"alg": alg.name(), "kid": self.kid(alg), "typ": "JWT"}).to_string()
+    }
+
     /// The public JWKS, built here from the raw public keys:
     /// EC: kty/crv/x/y, OKP: kty/crv=Ed25519/x; each with kid, alg and use.
     pub fn jwks(&self) -> Value {
@@ -350,6 +381,20 @@ pub fn alg_none(claims: &Claims, kid: Option<&str>) -> String {
     )
 }
 
+/// `object` (JSON text of an object, as `Value::to_string` writes it) with `members` (JSON
+/// text such as `"sub":"x"`) added before its closing brace: the way to write a duplicate
+/// member, which no JSON map can hold.
+pub fn with_members(object: &str, members: &str) -> String {
+    let body = object
+        .strip_suffix('}')
+        .unwrap_or_else(|| panic!("test bug: not a JSON object: {object}"));
+    if body.trim_end().ends_with('{') {
+        format!("{body}{members}}}")
+    } else {
+        format!("{body},{members}}}")
+    }
+}
+
 /// A token whose header and payload are base64url of arbitrary bytes, with a
 /// copied signature (for malformed-JSON cases).
 pub fn raw_token(header: &[u8], payload: &[u8], signature: &[u8]) -> String {
@@ -435,6 +480,30 @@ mod tests {
                 .verify_token::<NoCustomClaims>(&corrupt_signature(&token), None)
                 .is_err());
         }
+    }
+
+    #[test]
+    fn raw_signed_tokens_verify_and_members_are_appended() {
+        let iss = TokenIssuer::new("https://issuer.example");
+        let claims = iss.claims("s", "a").to_value().to_string();
+        for alg in Alg::ALL {
+            let token = iss.sign_raw(alg, &iss.header_text(alg), &claims);
+            let ok = match alg {
+                Alg::Es256 => iss
+                    .es256
+                    .public_key()
+                    .verify_token::<NoCustomClaims>(&token, None)
+                    .is_ok(),
+                Alg::EdDsa => iss
+                    .eddsa
+                    .public_key()
+                    .verify_token::<NoCustomClaims>(&token, None)
+                    .is_ok(),
+            };
+            assert!(ok, "{alg:?}");
+        }
+        assert_eq!(with_members("{}", r#""a":1"#), r#"{"a":1}"#);
+        assert_eq!(with_members(r#"{"a":1}"#, r#""a":2"#), r#"{"a":1,"a":2}"#);
     }
 
     #[test]

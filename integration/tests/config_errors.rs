@@ -153,3 +153,39 @@ fn jwks_file_is_refused_because_envoy_wasm_has_no_filesystem() {
     });
     assert_names(&log, "providers[0].jwks_file");
 }
+
+#[test]
+fn jwks_string_with_a_duplicate_member_is_refused_and_named() {
+    let issuer = TokenIssuer::new(ISSUER);
+    let text = issuer.jwks().to_string();
+    let dup = text.replacen(
+        r#""kid":"es256-1""#,
+        r#""kid":"es256-1","kid":"eddsa-1""#,
+        1,
+    );
+    assert_ne!(dup, text);
+    let log = refused_log(|cfg| cfg["providers"][0]["jwks"] = json!(dup));
+    assert_names(&log, "providers[0].jwks: duplicate member /keys/0/kid");
+}
+
+#[test]
+fn plugin_config_with_a_duplicate_member_is_refused_and_named() {
+    let wasm = require_wasm();
+    let pki = Pki::new();
+    let issuer = TokenIssuer::new(ISSUER);
+    // "mode" twice: enforce first, monitor last. No reading of it is safe to pick.
+    let text = plugin_config(&issuer).to_string();
+    let dup = text.replacen(
+        r#""mode":"enforce""#,
+        r#""mode":"enforce","mode":"monitor""#,
+        1,
+    );
+    assert_ne!(dup, text);
+    let bootstrap = Bootstrap::new(&pki).wasm_filter_raw(&wasm, &dup).build();
+    let log = match Envoy::start_with(&bootstrap, EnvoyOptions::default()) {
+        Err(e @ StartError::Exited { .. }) => e.log().unwrap_or_default().to_string(),
+        Err(e) => panic!("expected Envoy to exit on a bad plugin config, got: {e}"),
+        Ok(envoy) => refused_running(&envoy),
+    };
+    assert_names(&log, "mode: duplicate member /mode");
+}

@@ -525,3 +525,72 @@ fn assert_still_serving_v1(s: &EcdsStack, status: &EcdsStatus, field: &str, cont
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A key withdrawn by an ECDS update takes its cached tokens with it: the token verified (and
+/// cached) under the old inline JWKS is refused on the very next request once the new
+/// configuration is installed, with the precise reason (`unknown_key`: its kid left the set);
+/// a token under the key that stayed is still accepted. (The remote-rotation case is
+/// `remote_jwks.rs`, `a_cached_token_is_withdrawn_with_its_key_at_rotation`.)
+#[test]
+fn a_cached_token_is_withdrawn_with_its_key_by_an_ecds_update() {
+    let s = EcdsStack::start("enforce");
+    let client = Client::new(s.pki.ca_pem(), Some(&s.pki.client));
+    let eddsa_token = s
+        .issuer
+        .sign(Alg::EdDsa, &s.issuer.claims(CLIENT_ID, AUDIENCE));
+
+    // The ES256 token is verified once, then served from the cache.
+    let before = s.envoy.snapshot();
+    assert_allowed(&s.legit(), "v1: ES256 token");
+    assert_allowed(&s.legit(), "v1: ES256 token again");
+    assert_allowed(&s.call(&client, &eddsa_token), "v1: EdDSA token");
+    let d = s.envoy.snapshot().since(&before);
+    assert_eq!(
+        (d.get("tokenbind.cache.hit"), d.get("tokenbind.allowed")),
+        (1, 3),
+        "v1 counters: {d}"
+    );
+
+    // v2: the inline JWKS keeps only the EdDSA key. It also exempts a probe path, so the test
+    // can tell when v2 is installed without sending the token under test.
+    const PROBE: &str = "/probe-v2";
+    let mut v2 = s.config("enforce");
+    v2["providers"][0]["jwks"] = json!({"keys": [s.issuer.jwk(Alg::EdDsa)]});
+    v2["exempt_paths"] = json!(["/healthz", PROBE]);
+    let status = s.apply("2", &v2.to_string());
+    eprintln!("v2 applied: {status:?}");
+    let port = s.envoy.port(LISTENER);
+    poll(EFFECT_TIMEOUT, POLL_INTERVAL, || {
+        let r = client
+            .get(port, PROBE, &[])
+            .map_err(|e| format!("probe failed: {e}"))?;
+        match r.status {
+            200 => Ok(()),
+            401 => Err("v1 still answers (401 on the probe)".to_string()),
+            other => panic!("probe got {other} during the update:\n{r}"),
+        }
+    })
+    .unwrap_or_else(|e| panic!("v2 never took effect: {e}. Log:\n{}", s.envoy.log()));
+
+    // The very next request with the cached token.
+    let before = s.envoy.snapshot();
+    let r = s.legit();
+    assert_denied(
+        &r,
+        "unknown_key",
+        "v2: the ES256 token whose key was withdrawn",
+    );
+    assert_ne!(r.body_str(), UPSTREAM_BODY);
+    assert_allowed(&s.call(&client, &eddsa_token), "v2: EdDSA token (key kept)");
+    let d = s.envoy.snapshot().since(&before);
+    assert_eq!(
+        (
+            d.get("tokenbind.denied.unknown_key"),
+            d.get("tokenbind.allowed"),
+            d.get("tokenbind.cache.hit")
+        ),
+        (1, 1, 0),
+        "v2 counters: {d}"
+    );
+    assert_no_5xx(&s);
+}

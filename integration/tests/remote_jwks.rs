@@ -555,6 +555,52 @@ fn a_cached_token_is_withdrawn_with_its_key_at_rotation() {
     );
 }
 
+/// A fetched JWKS with a duplicate member is a failed fetch like any malformed one: the last
+/// good keys stay, `fetch_failed` counts it, and the warning names the member (never a key).
+/// Here the rotated key's `kid` is written twice, the second time as the old key's kid, so a
+/// first-wins and a last-wins reader would file the new key under different kids.
+#[test]
+fn a_jwks_with_a_duplicate_member_is_a_failed_fetch_and_the_last_good_keys_stay() {
+    let issuer = TokenIssuer::new(ISSUER);
+    let server = JwksServer::serving(issuer.jwks());
+    let s = Setup::new(json!({})).start(issuer, server);
+    s.wait_keys_installed();
+    let (r, _) = s.call(&s.issuer, Alg::Es256);
+    assert_allowed(&r, "token under the original keys");
+
+    let rotated = TokenIssuer::with_kids(ISSUER, "es256-2", "eddsa-2");
+    let text = merge_jwks(&[&s.issuer.jwks(), &rotated.jwks()]).to_string();
+    let dup = text.replacen(
+        r#""kid":"es256-2""#,
+        r#""kid":"es256-2","kid":"es256-1""#,
+        1,
+    );
+    assert_ne!(dup, text);
+    s.server.set_behaviour(Behaviour::Raw(dup));
+    let failed = s.counter("tokenbind.jwks.fetch_failed");
+    // The new kid makes the filter refetch; the fetched set is refused, so the kid stays
+    // unknown.
+    let (r, _) = s.call(&rotated, Alg::Es256);
+    assert_denied(&r, "unknown_key", "token under the kid of the refused set");
+    s.wait_counter("tokenbind.jwks.fetch_failed", failed + 1, BACKGROUND);
+    assert!(
+        s.envoy
+            .log()
+            .contains("JWKS is malformed: duplicate member /keys/2/kid"),
+        "the warning names the member\n{}",
+        s.diagnostics()
+    );
+    // The last good keys still serve.
+    let (r, _) = s.call(&s.issuer, Alg::Es256);
+    assert_allowed(&r, "token under the original keys after the refused fetch");
+    let (r, _) = s.call(&s.issuer, Alg::EdDsa);
+    assert_allowed(
+        &r,
+        "EdDSA token under the original keys after the refused fetch",
+    );
+    assert_eq!(s.keys_gauge(), Some(2), "{}", s.diagnostics());
+}
+
 #[test]
 fn rotation_with_two_workers_refetches_once() {
     let old = TokenIssuer::new(ISSUER);

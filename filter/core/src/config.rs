@@ -2,6 +2,7 @@
 //! read-only by every request. Every error names the offending field by its JSON path.
 
 use crate::crypto::CryptoMode;
+use crate::json::{self, JsonError};
 use crate::jwk::{Alg, AlgError, KeySet};
 use crate::paths::PathMatcher;
 use crate::remote::{self, RemoteJwks};
@@ -368,6 +369,12 @@ pub type FileReader<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 impl Config {
     /// Parses and validates a JSON configuration.
     pub fn from_json(bytes: &[u8], read_file: FileReader<'_>) -> Result<Config, ConfigError> {
+        // A member name twice in one object is refused wherever it is (serde's derive catches
+        // duplicate known fields only, and an inline `jwks` object would take the last one).
+        // Syntax errors are left to the typed parse below, which names the field.
+        if let Err(JsonError::Duplicate(d)) = json::from_slice(bytes) {
+            return Err(config_err(d.field(), d.to_string()));
+        }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();

@@ -7,8 +7,9 @@
 
 use crate::config::DpopSettings;
 use crate::crypto::Crypto;
+use crate::json;
 use crate::jwk::{self, Alg, PublicKey};
-use crate::jwt;
+use crate::jwt::{self, JwsError, Part};
 use crate::nonce;
 use crate::reason::{Denial, Reason};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -123,6 +124,21 @@ pub struct SignedProof {
     pub claims: serde_json::Map<String, Value>,
 }
 
+json::duplicate_details!(
+    proof_header_duplicate,
+    "DPoP proof header",
+    [
+        "/typ", "/alg", "/jwk", "/kid", "/crit", "/jwk/kty", "/jwk/crv", "/jwk/x", "/jwk/y",
+        "/jwk/n", "/jwk/e", "/jwk/alg", "/jwk/kid", "/jwk/use", "/jwk/d",
+    ]
+);
+
+json::duplicate_details!(
+    proof_claims_duplicate,
+    "DPoP proof claims",
+    ["/jti", "/htm", "/htu", "/iat", "/ath", "/nonce", "/exp", "/nbf"]
+);
+
 /// Checks a proof's form, `typ`, `alg`, `jwk` and signature.
 pub fn verify_signature(
     proof: &str,
@@ -134,7 +150,11 @@ pub fn verify_signature(
         return Err(invalid("DPoP proof exceeds dpop.max_proof_bytes"));
     }
     // 2. A well-formed JWT.
-    let jws = jwt::split(proof).map_err(|_| invalid("DPoP proof is not a compact JWS"))?;
+    let jws = jwt::split_strict(proof).map_err(|e| match e {
+        JwsError::Form(_) => invalid("DPoP proof is not a compact JWS"),
+        JwsError::Duplicate(Part::Header, pointer) => invalid(proof_header_duplicate(&pointer)),
+        JwsError::Duplicate(Part::Claims, pointer) => invalid(proof_claims_duplicate(&pointer)),
+    })?;
 
     // 4. typ is dpop+jwt.
     let typ = jws.header.get("typ").and_then(Value::as_str);

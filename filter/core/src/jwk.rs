@@ -348,8 +348,8 @@ impl KeySet {
 
     /// Parses a JWKS from JSON text.
     pub fn from_json(text: &str) -> Result<KeySet, JwksError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| err("", format!("not valid JSON ({e})")))?;
+        // Strict: a member name twice in one object (`/keys/0/kid`) is refused, not resolved.
+        let value = crate::json::from_str(text).map_err(|e| err("", e.to_string()))?;
         KeySet::from_value(&value)
     }
 

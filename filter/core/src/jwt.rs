@@ -4,6 +4,7 @@
 
 use crate::config::{Config, Provider, SpiffeBinding};
 use crate::crypto::Crypto;
+use crate::json::{self, JsonError};
 use crate::jwk::KeySet;
 use crate::jwk::{Alg, AlgError, KeyFingerprint};
 use crate::reason::{Denial, Reason};
@@ -66,35 +67,121 @@ pub(crate) struct Jws<'t> {
     pub(crate) signature: Vec<u8>,
 }
 
-fn decode_json_part(part: &str, what: &'static str) -> Result<Map<String, Value>, Denial> {
+/// Which part of a compact JWS a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Header,
+    Claims,
+}
+
+/// Why a compact JWS could not be split and decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JwsError {
+    /// Not three base64url parts with JSON objects in the first two.
+    Form(&'static str),
+    /// A JSON member name occurs twice (see [`crate::json`]); the JSON pointer of the second.
+    Duplicate(Part, String),
+}
+
+fn decode_json_part(
+    part: &str,
+    which: Part,
+    what: &'static str,
+) -> Result<Map<String, Value>, JwsError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
-        .map_err(|_| deny(Reason::MalformedToken, what))?;
-    match serde_json::from_slice::<Value>(&bytes) {
+        .map_err(|_| JwsError::Form(what))?;
+    match json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(deny(Reason::MalformedToken, what)),
+        Err(JsonError::Duplicate(d)) => Err(JwsError::Duplicate(which, d.pointer())),
+        _ => Err(JwsError::Form(what)),
+    }
+}
+
+json::duplicate_details!(
+    header_duplicate,
+    "JOSE header",
+    [
+        "/alg",
+        "/kid",
+        "/typ",
+        "/cty",
+        "/crit",
+        "/jku",
+        "/jwk",
+        "/x5u",
+        "/x5c",
+        "/x5t",
+        "/x5t#S256",
+        "/b64",
+        "/zip",
+        "/enc",
+    ]
+);
+
+json::duplicate_details!(
+    claims_duplicate,
+    "claims",
+    [
+        "/iss",
+        "/sub",
+        "/aud",
+        "/exp",
+        "/nbf",
+        "/iat",
+        "/jti",
+        "/azp",
+        "/client_id",
+        "/scope",
+        "/scp",
+        "/act",
+        "/may_act",
+        "/cnf",
+        "/cnf/jkt",
+        "/cnf/x5t#S256",
+        "/cnf/jwk",
+        "/cnf/jku",
+        "/cnf/kid",
+    ]
+);
+
+/// A token's split error as a denial: `malformed_token`, the detail naming a duplicate member
+/// when it is a registered one (the detail is static text, never a name from the request).
+fn token_denial(e: JwsError) -> Denial {
+    match e {
+        JwsError::Form(what) => deny(Reason::MalformedToken, what),
+        JwsError::Duplicate(Part::Header, pointer) => {
+            deny(Reason::MalformedToken, header_duplicate(&pointer))
+        }
+        JwsError::Duplicate(Part::Claims, pointer) => {
+            deny(Reason::MalformedToken, claims_duplicate(&pointer))
+        }
     }
 }
 
 pub(crate) fn split(token: &str) -> Result<Jws<'_>, Denial> {
+    split_strict(token).map_err(token_denial)
+}
+
+/// Splits and decodes a compact JWS; the header and claims go through [`crate::json`], so a
+/// duplicate member anywhere in them is refused.
+pub(crate) fn split_strict(token: &str) -> Result<Jws<'_>, JwsError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(deny(
-            Reason::MalformedToken,
+        return Err(JwsError::Form(
             "not a compact JWS (three dot-separated parts)",
         ));
     };
     if parts.next().is_some() {
-        return Err(deny(
-            Reason::MalformedToken,
+        return Err(JwsError::Form(
             "not a compact JWS (encrypted JWTs are not accepted)",
         ));
     }
-    let header = decode_json_part(h, "JOSE header is not base64url JSON object")?;
-    let claims = decode_json_part(p, "claims are not a base64url JSON object")?;
+    let header = decode_json_part(h, Part::Header, "JOSE header is not base64url JSON object")?;
+    let claims = decode_json_part(p, Part::Claims, "claims are not a base64url JSON object")?;
     let signature = URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| deny(Reason::MalformedToken, "signature is not base64url"))?;
+        .map_err(|_| JwsError::Form("signature is not base64url"))?;
     let signing_input = token.get(..h.len() + 1 + p.len()).unwrap_or("");
     Ok(Jws {
         signing_input,

@@ -20,6 +20,7 @@ pub mod dpop;
 pub mod engine;
 pub mod extract;
 pub mod host;
+pub mod json;
 pub mod jwk;
 pub mod jwt;
 pub mod metrics;

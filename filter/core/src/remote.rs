@@ -12,9 +12,11 @@
 //!   the last unknown-`kid` refetch, and a discovered `jwks_uri`.
 
 use crate::host::{SharedData, SharedError};
+use crate::json::{self, JsonError};
 use crate::jwk::KeySet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// How a provider fetches its keys (the validated `remote_jwks` config).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,12 +109,11 @@ pub struct FetchResponse<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchOutcome {
     /// New keys were stored.
-    Keys {
-        count: usize,
-    },
+    Keys { count: usize },
     /// Discovery found `jwks_uri`; fetch it next.
     Discovered(FetchRequest),
-    Failed(&'static str),
+    /// Why, for the log: static text, or a JWKS/discovery problem naming the member.
+    Failed(Cow<'static, str>),
 }
 
 /// A provider's remote key source, bound to its shared-data keys.
@@ -298,7 +299,7 @@ impl RemoteProvider {
                     state.failures += 1;
                     state.next_refresh = now
                         + backoff_seconds(state.failures, self.settings.jitter_percent, rand_unit);
-                    FetchOutcome::Failed("cannot store keys in shared data")
+                    FetchOutcome::Failed("cannot store keys in shared data".into())
                 } else {
                     state.failures = 0;
                     let max_age = cache_control.and_then(parse_max_age);
@@ -341,25 +342,31 @@ impl RemoteProvider {
         body: Option<&[u8]>,
     ) -> Evaluated {
         let Some(status) = status else {
-            return Evaluated::Failed("connection failure or timeout");
+            return Evaluated::Failed("connection failure or timeout".into());
         };
         if status != 200 {
-            return Evaluated::Failed("non-200 response");
+            return Evaluated::Failed("non-200 response".into());
         }
         let Some(body) = body else {
-            return Evaluated::Failed("response body over max_body_bytes");
+            return Evaluated::Failed("response body over max_body_bytes".into());
         };
         let Ok(text) = std::str::from_utf8(body) else {
-            return Evaluated::Failed("response body is not UTF-8");
+            return Evaluated::Failed("response body is not UTF-8".into());
         };
         if request.discovery {
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(text) else {
-                return Evaluated::Failed("discovery document is not JSON");
+            let doc = match json::from_str(text) {
+                Ok(doc) => doc,
+                Err(JsonError::Duplicate(d)) => {
+                    return Evaluated::Failed(format!("discovery document has a {d}").into())
+                }
+                Err(JsonError::Syntax(_)) => {
+                    return Evaluated::Failed("discovery document is not JSON".into())
+                }
             };
             // OpenID Connect Discovery §4.3: the issuer must match exactly.
             if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
                 return Evaluated::Failed(
-                    "discovery document issuer differs from the provider issuer",
+                    "discovery document issuer differs from the provider issuer".into(),
                 );
             }
             return match doc
@@ -368,13 +375,13 @@ impl RemoteProvider {
                 .and_then(split_uri)
             {
                 Some((authority, path)) => Evaluated::JwksUri(authority, path),
-                None => Evaluated::Failed("discovery document has no usable jwks_uri"),
+                None => Evaluated::Failed("discovery document has no usable jwks_uri".into()),
             };
         }
         match KeySet::from_json(text) {
             Ok(keys) if !keys.is_empty() => Evaluated::Keys(text.to_owned(), keys.len()),
-            Ok(_) => Evaluated::Failed("JWKS has no usable keys"),
-            Err(_) => Evaluated::Failed("JWKS is malformed"),
+            Ok(_) => Evaluated::Failed("JWKS has no usable keys".into()),
+            Err(e) => Evaluated::Failed(format!("JWKS is malformed: {e}").into()),
         }
     }
 }
@@ -382,7 +389,7 @@ impl RemoteProvider {
 enum Evaluated {
     Keys(String, usize),
     JwksUri(String, String),
-    Failed(&'static str),
+    Failed(Cow<'static, str>),
 }
 
 /// `max-age` from a `Cache-Control` header, if any.
@@ -709,5 +716,65 @@ mod tests {
             ),
             FetchOutcome::Keys { count: 1 }
         );
+    }
+
+    #[test]
+    fn duplicate_members_fail_the_fetch_and_keep_the_last_good_keys() {
+        let shared = MemorySharedData::default();
+        let p = RemoteProvider::new("mesh", "https://issuer.example", settings(false));
+        p.prepare(&shared);
+        let req = p.take_due_fetch(&shared, 0, false).unwrap();
+        let ok = |body: &[u8], now: u64| {
+            p.complete(
+                &shared,
+                &req,
+                FetchResponse {
+                    status: Some(200),
+                    cache_control: None,
+                    body: Some(body),
+                },
+                now,
+                0.5,
+            )
+        };
+        assert_eq!(ok(jwks().as_bytes(), 0), FetchOutcome::Keys { count: 1 });
+        let (_, good_cas) = p.sync(&shared, None).unwrap();
+        // The same key, with a second kid: a consumer taking the first kid and one taking
+        // the last would select different keys.
+        let dup = jwks().replacen(r#""kid":"a""#, r#""kid":"a","kid":"b""#, 1);
+        assert_ne!(dup, jwks());
+        let FetchOutcome::Failed(why) = ok(dup.as_bytes(), 10) else {
+            panic!("a duplicate kid was accepted");
+        };
+        assert_eq!(why, "JWKS is malformed: duplicate member /keys/0/kid");
+        assert!(p.sync(&shared, Some(good_cas)).is_none(), "keys replaced");
+        assert_eq!(p.state(&shared).failures, 1);
+    }
+
+    #[test]
+    fn a_discovery_document_with_a_duplicate_member_is_a_failed_fetch() {
+        let shared = MemorySharedData::default();
+        let p = RemoteProvider::new("mesh", "https://issuer.example", settings(true));
+        p.prepare(&shared);
+        let req = p.take_due_fetch(&shared, 0, false).unwrap();
+        // First-wins would fetch keys from evil.example; last-wins from keys.example.
+        let doc = r#"{"issuer":"https://issuer.example","jwks_uri":"https://evil.example/jwks","jwks_uri":"https://keys.example/jwks"}"#;
+        let out = p.complete(
+            &shared,
+            &req,
+            FetchResponse {
+                status: Some(200),
+                cache_control: None,
+                body: Some(doc.as_bytes()),
+            },
+            0,
+            0.5,
+        );
+        assert_eq!(
+            out,
+            FetchOutcome::Failed("discovery document has a duplicate member /jwks_uri".into())
+        );
+        assert_eq!(p.state(&shared).failures, 1);
+        assert_eq!(p.state(&shared).jwks, None);
     }
 }
