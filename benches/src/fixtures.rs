@@ -28,6 +28,31 @@ pub const ISSUER: &str = "https://issuer.example";
 pub const AUDIENCE: &str = "spiffe://cluster.local/ns/default/sa/server";
 /// The legitimate caller.
 pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+/// X.509-SVIDs for the client and the attacker (the SPIFFE binding checks the peer's leaf),
+/// shared with the core's tests, and the SHA-256 of each certificate's DER.
+pub const CLIENT_CERT_PEM: &str = include_str!("../../filter/core/tests/data/svid/client.pem");
+pub const CLIENT_CERT_SHA256_HEX: &str =
+    "5b89f15ef8917dc07457d7e0ff7b503b5db5fff675e10bb38883159cb3c5e82b";
+pub const ATTACKER_CERT_PEM: &str = include_str!("../../filter/core/tests/data/svid/attacker.pem");
+pub const ATTACKER_CERT_SHA256_HEX: &str =
+    "1109d97d26971756f7a53501ac901c255f88756297a34491c8fcbb1bf978b309";
+
+/// The peer Envoy reports for the client's or the attacker's SVID (URI SAN, digest, PEM); any
+/// other ID gets a URI SAN only.
+pub fn svid_peer(id: &str) -> tokenbind_core::Peer {
+    let cert = match id {
+        CLIENT_ID => Some((CLIENT_CERT_PEM, CLIENT_CERT_SHA256_HEX)),
+        ATTACKER_ID => Some((ATTACKER_CERT_PEM, ATTACKER_CERT_SHA256_HEX)),
+        _ => None,
+    };
+    let peer = tokenbind_core::Peer::from_attributes(
+        Some(&[1]),
+        Some(id.as_bytes()),
+        cert.map(|(_, hex)| hex.as_bytes()),
+    );
+    peer.with_certificate_pem(cert.map(|(pem, _)| pem.as_bytes().to_vec()))
+}
 /// Another mesh workload (for the "must be denied" sanity checks).
 pub const ATTACKER_ID: &str = "spiffe://cluster.local/ns/default/sa/attacker";
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -348,7 +373,7 @@ mod tests {
     use super::*;
     use tokenbind_core::config::DpopSettings;
     use tokenbind_core::dpop::{self, ProofKeyCache, ProofRequest};
-    use tokenbind_core::{Config, Engine, MockHost, Outcome, Peer};
+    use tokenbind_core::{Config, Engine, MockHost, Outcome};
 
     fn engine(cache: usize) -> Result<Engine, String> {
         let jwks = Issuer::deterministic()?.jwks()?;
@@ -363,7 +388,7 @@ mod tests {
         let issuer = Issuer::deterministic()?;
         let engine = engine(0)?;
         let now = now();
-        let peer = |id: &str| Peer::from_attributes(Some(&[1]), Some(id.as_bytes()), None);
+        let peer = svid_peer;
         // RS256 signing is slow in debug builds; ES256 and EdDSA cover the minting paths.
         for alg in [TokenAlg::Es256, TokenAlg::EdDsa] {
             let token = issuer.sign(alg, &claims(CLIENT_ID, now, 600))?;

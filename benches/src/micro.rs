@@ -70,17 +70,9 @@ pub const AUTHORITY: &str = "orders.mesh.local";
 pub const HTU: &str = "https://orders.mesh.local/api/orders";
 const PATH: &str = "/api/orders";
 
-/// The client's peer as Envoy reports it (SPIFFE URI SAN and a certificate digest).
+/// The client's peer as Envoy reports it (SPIFFE URI SAN, certificate digest and PEM).
 pub fn client_peer() -> Peer {
-    let digest: String = Sha256::digest(b"client certificate")
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Peer::from_attributes(
-        Some(&[1]),
-        Some(CLIENT_ID.as_bytes()),
-        Some(digest.as_bytes()),
-    )
+    fixtures::svid_peer(CLIENT_ID)
 }
 
 fn engine(jwks: &Value, cache_entries: usize) -> Result<Engine, String> {
@@ -219,6 +211,11 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
         ));
     }
     {
+        // The X.509-SVID leaf check of a peer certificate (once per certificate: cached by digest).
+        let pem = fixtures::CLIENT_CERT_PEM.as_bytes();
+        ops.push(simple("svid/check_leaf_pem", move || {
+            let _ = black_box(tokenbind_core::svid::check_leaf_pem(black_box(pem)));
+        }));
         ops.push(simple("spiffe/parse", move || {
             let _ = black_box(SpiffeId::parse(black_box(CLIENT_ID)));
         }));

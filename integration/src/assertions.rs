@@ -7,7 +7,7 @@ use crate::client::Response;
 use crate::UPSTREAM_BODY;
 
 /// Every denial reason the filter defines.
-pub const REASONS: [&str; 28] = [
+pub const REASONS: [&str; 29] = [
     "missing_token",
     "malformed_token",
     "token_too_large",
@@ -22,6 +22,7 @@ pub const REASONS: [&str; 28] = [
     "invalid_spiffe_id",
     "spiffe_mismatch",
     "trust_domain_not_allowed",
+    "invalid_peer_svid",
     "thumbprint_mismatch",
     "unbound_token",
     "unsupported_binding",

@@ -152,6 +152,45 @@ impl Pki {
         .unwrap_or_else(|e| panic!("issuing cert {name} failed: {e}"))
     }
 
+    /// A client certificate from this CA that is not a valid X.509-SVID leaf (X509-SVID §2,
+    /// §4.1, §4.3, §5.2), as `flaw` says. Its first URI SAN is `spiffe_id` (what Envoy reports
+    /// as `uri_san_peer_certificate`) except for [`Flaw::NonSpiffeUri`].
+    pub fn flawed_workload(&self, name: &str, spiffe_id: &str, flaw: Flaw) -> Leaf {
+        let built = (|| -> Result<Leaf, Box<dyn std::error::Error>> {
+            let mut uris = vec![spiffe_id.to_owned()];
+            let mut is_ca = IsCa::ExplicitNoCa;
+            let mut usages = vec![KeyUsagePurpose::DigitalSignature];
+            match &flaw {
+                Flaw::SecondUriSan(second) => uris.push(second.clone()),
+                Flaw::CaFlag => is_ca = IsCa::Ca(BasicConstraints::Unconstrained),
+                Flaw::KeyCertSign => usages.push(KeyUsagePurpose::KeyCertSign),
+                Flaw::NonSpiffeUri(uri) => uris = vec![uri.clone()],
+            }
+            let mut sans = Vec::new();
+            for u in &uris {
+                sans.push(SanType::URI(u.as_str().try_into()?));
+            }
+            sans.push(SanType::DnsName("localhost".try_into()?));
+            let spec = LeafSpec {
+                is_ca,
+                key_usages: usages,
+            };
+            issue_with(
+                &self.ca,
+                self.dir.path(),
+                name,
+                &sans,
+                uris.first().map(String::as_str),
+                &[
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                ],
+                &spec,
+            )
+        })();
+        built.unwrap_or_else(|e| panic!("issuing flawed cert {name} ({flaw:?}) failed: {e}"))
+    }
+
     /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
@@ -199,6 +238,25 @@ fn workload_in(
     )
 }
 
+/// How a [`Pki::flawed_workload`] certificate breaks the X.509-SVID leaf rules.
+#[derive(Clone, Debug)]
+pub enum Flaw {
+    /// A second URI SAN after the SPIFFE ID (X509-SVID §2, §5.2: exactly one).
+    SecondUriSan(String),
+    /// Basic constraints `cA: TRUE` (§4.1, §5.2).
+    CaFlag,
+    /// Key usage `keyCertSign` besides `digitalSignature` (§4.3, §5.2).
+    KeyCertSign,
+    /// The only URI SAN is this non-SPIFFE URI (§5.2: scheme `spiffe`).
+    NonSpiffeUri(String),
+}
+
+/// The constraints of a leaf certificate.
+struct LeafSpec {
+    is_ca: IsCa,
+    key_usages: Vec<KeyUsagePurpose>,
+}
+
 fn issue(
     ca: &CertifiedIssuer<'static, KeyPair>,
     dir: &Path,
@@ -207,11 +265,27 @@ fn issue(
     spiffe_id: Option<&str>,
     eku: &[ExtendedKeyUsagePurpose],
 ) -> Result<Leaf, Box<dyn std::error::Error>> {
+    let svid = LeafSpec {
+        is_ca: IsCa::ExplicitNoCa,
+        key_usages: vec![KeyUsagePurpose::DigitalSignature],
+    };
+    issue_with(ca, dir, name, sans, spiffe_id, eku, &svid)
+}
+
+fn issue_with(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    dir: &Path,
+    name: &str,
+    sans: &[SanType],
+    spiffe_id: Option<&str>,
+    eku: &[ExtendedKeyUsagePurpose],
+    spec: &LeafSpec,
+) -> Result<Leaf, Box<dyn std::error::Error>> {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
     params.subject_alt_names = sans.to_vec();
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.is_ca = spec.is_ca.clone();
+    params.key_usages = spec.key_usages.clone();
     params.extended_key_usages = eku.to_vec();
     params.use_authority_key_identifier_extension = true;
 

@@ -103,11 +103,16 @@ pub fn check(
                 "SPIFFE binding needs a client certificate",
             ));
         }
-        let Some(peer_id) = peer.uri_san.as_deref() else {
-            return Err(Denial::new(
-                Reason::SpiffeMismatch,
-                "peer certificate has no URI SAN",
-            ));
+        // The peer must be an X.509-SVID leaf (crate::svid); its one URI SAN is the peer's ID.
+        let peer_id = match &peer.svid {
+            Some(Ok(id)) => id.as_str(),
+            Some(Err(e)) => return Err(Denial::new(Reason::InvalidPeerSvid, e.message())),
+            None => {
+                return Err(Denial::new(
+                    Reason::InvalidPeerSvid,
+                    "peer certificate was not checked as an X.509-SVID",
+                ))
+            }
         };
         if !ct_eq(id.as_str().as_bytes(), peer_id.as_bytes()) {
             return Err(Denial::new(

@@ -221,14 +221,34 @@ struct RawSpiffe {
 struct RawCache {
     #[serde(default = "default_cache_entries")]
     max_entries: usize,
+    #[serde(default = "default_svid_cache_entries")]
+    svid_max_entries: usize,
+    #[serde(default = "default_svid_cache_ttl")]
+    svid_ttl_seconds: u64,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
         RawCache {
             max_entries: DEFAULT_CACHE_ENTRIES,
+            svid_max_entries: DEFAULT_SVID_CACHE_ENTRIES,
+            svid_ttl_seconds: DEFAULT_SVID_CACHE_TTL_SECONDS,
         }
     }
+}
+
+/// Peer-certificate (X.509-SVID) verdicts kept per VM: one per distinct client certificate.
+pub const DEFAULT_SVID_CACHE_ENTRIES: usize = 1024;
+pub const MAX_SVID_CACHE_ENTRIES: usize = 65_536;
+/// A verdict is re-checked at least this often (and never past the certificate's notAfter).
+pub const DEFAULT_SVID_CACHE_TTL_SECONDS: u64 = 3600;
+pub const MAX_SVID_CACHE_TTL_SECONDS: u64 = 86_400;
+
+fn default_svid_cache_entries() -> usize {
+    DEFAULT_SVID_CACHE_ENTRIES
+}
+fn default_svid_cache_ttl() -> u64 {
+    DEFAULT_SVID_CACHE_TTL_SECONDS
 }
 
 fn default_true() -> bool {
@@ -350,6 +370,10 @@ pub struct Config {
     /// Paths that skip the filter, matched on the normalised path ([`crate::paths`]).
     pub exempt_paths: PathMatcher,
     pub cache_max_entries: usize,
+    /// `cache.svid_max_entries`: peer-certificate (X.509-SVID) verdicts kept per VM; 0 = none.
+    pub svid_cache_max_entries: usize,
+    /// `cache.svid_ttl_seconds`: how long a verdict is kept at most.
+    pub svid_cache_ttl_seconds: u64,
     pub max_token_bytes: usize,
     pub realm: String,
     pub dpop: DpopSettings,
@@ -456,6 +480,20 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
             format!("must be at most {MAX_CACHE_ENTRIES} (0 turns the cache off)"),
         ));
     }
+    if raw.cache.svid_max_entries > MAX_SVID_CACHE_ENTRIES {
+        return Err(config_err(
+            "cache.svid_max_entries",
+            format!(
+                "must be at most {MAX_SVID_CACHE_ENTRIES} (0 checks the peer certificate on every request)"
+            ),
+        ));
+    }
+    if !(1..=MAX_SVID_CACHE_TTL_SECONDS).contains(&raw.cache.svid_ttl_seconds) {
+        return Err(config_err(
+            "cache.svid_ttl_seconds",
+            format!("must be between 1 and {MAX_SVID_CACHE_TTL_SECONDS}"),
+        ));
+    }
     if !TOKEN_BYTES_RANGE.contains(&raw.max_token_bytes) {
         return Err(config_err(
             "max_token_bytes",
@@ -498,6 +536,8 @@ fn compile(raw: RawConfig, read_file: FileReader<'_>) -> Result<Config, ConfigEr
         require_binding: raw.require_binding,
         exempt_paths,
         cache_max_entries: raw.cache.max_entries,
+        svid_cache_max_entries: raw.cache.svid_max_entries,
+        svid_cache_ttl_seconds: raw.cache.svid_ttl_seconds,
         max_token_bytes: raw.max_token_bytes,
         realm: raw.realm,
     })

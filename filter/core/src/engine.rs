@@ -16,12 +16,27 @@ use crate::peer::{Peer, PeerWant};
 use crate::reason::{Denial, Reason};
 use crate::replay::{ReplayError, ReplayStore};
 use crate::response::{self, Challenge, Reply};
+use crate::svid::{self, SvidCache, SvidError, Verdict};
 use crate::uri;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Parsed DPoP proof keys kept per VM.
 const PROOF_KEY_CACHE_ENTRIES: usize = 1024;
+
+/// Reads the peer's leaf PEM and checks it as an X.509-SVID; with `digest`, the certificate
+/// must be the one Envoy reported the digest of.
+fn check_pem(host: &dyn Host, digest: Option<[u8; 32]>) -> Result<svid::Svid, SvidError> {
+    let pem = host
+        .peer(PeerWant::CERTIFICATE)
+        .certificate_pem
+        .ok_or(SvidError::Unavailable)?;
+    let checked = svid::check_leaf_pem(&pem)?;
+    if digest.is_some_and(|d| d != checked.sha256) {
+        return Err(SvidError::DigestMismatch);
+    }
+    Ok(checked)
+}
 
 /// What was decided, before the mode is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +186,8 @@ pub struct Engine {
     key_sets: RefCell<Vec<Option<Rc<KeySet>>>>,
     cache: RefCell<TokenCache>,
     proof_keys: RefCell<ProofKeyCache>,
+    /// X.509-SVID verdicts of peer certificates, by certificate digest.
+    svids: RefCell<SvidCache>,
     replay: ReplayStore,
     crypto: Crypto,
 }
@@ -185,6 +202,10 @@ impl Engine {
     pub fn with_crypto(config: Config, crypto: Crypto) -> Self {
         let cache = RefCell::new(TokenCache::new(config.cache_max_entries));
         let replay = ReplayStore::new(config.dpop.replay_max_entries);
+        let svids = RefCell::new(SvidCache::new(
+            config.svid_cache_max_entries,
+            config.svid_cache_ttl_seconds,
+        ));
         let key_sets = config
             .providers
             .iter()
@@ -195,6 +216,7 @@ impl Engine {
             config,
             cache,
             proof_keys: RefCell::new(ProofKeyCache::new(PROOF_KEY_CACHE_ENTRIES)),
+            svids,
             replay,
             crypto,
         }
@@ -237,6 +259,11 @@ impl Engine {
 
     pub fn proof_keys_len(&self) -> usize {
         self.proof_keys.borrow().len()
+    }
+
+    /// Peer-certificate verdicts cached in this VM.
+    pub fn svid_cache_len(&self) -> usize {
+        self.svids.borrow().len()
     }
 
     /// Decides one request at `now` (Unix seconds).
@@ -293,7 +320,11 @@ impl Engine {
             }
         };
 
-        let peer = self.effective_peer(host, host.peer(self.peer_want(&facts)), &mut decision);
+        let mut peer = host.peer(self.peer_want(&facts));
+        if self.config.spiffe.is_some() && peer.has_certificate() {
+            peer.svid = Some(self.peer_svid(host, &peer, now));
+        }
+        let peer = self.effective_peer(host, peer, now, &mut decision);
         let mut nonce_to_send = None;
         let mut check_dpop = |jkt: &str| {
             self.check_dpop(host, &path, credential.token, jkt, now, &mut nonce_to_send)
@@ -316,19 +347,66 @@ impl Engine {
     }
 
     /// The peer attributes this token's decision reads: the URI SAN for SPIFFE binding, trusted
-    /// forwarders and the filter-state/log identity; the certificate digest only for
-    /// `cnf.x5t#S256` and XFCC.
+    /// forwarders and the filter-state/log identity; the certificate digest for `cnf.x5t#S256`,
+    /// XFCC and the X.509-SVID cache key (SPIFFE binding). The leaf PEM is read later, only on an
+    /// SVID cache miss ([`Engine::peer_svid`]).
     fn peer_want(&self, facts: &TokenFacts) -> PeerWant {
         let forwarders = !self.config.trusted_forwarders.is_empty();
+        let spiffe = self.config.spiffe.is_some();
         PeerWant {
-            uri_san: self.config.spiffe.is_some() || forwarders || self.config.emit_filter_state,
-            digest: facts.cnf.x5t_s256.is_some() || forwarders,
+            uri_san: spiffe || forwarders || self.config.emit_filter_state,
+            digest: facts.cnf.x5t_s256.is_some() || forwarders || spiffe,
+            certificate: false,
         }
+    }
+
+    /// Whether the peer's leaf is an X.509-SVID, and its SPIFFE ID ([`crate::svid`]). The verdict
+    /// is cached by the certificate digest Envoy reports; on a miss the PEM is read and parsed,
+    /// and its SHA-256 must be that digest. The SPIFFE ID must also be the URI SAN Envoy reports
+    /// (`uri_san_peer_certificate` is the first URI SAN; a valid SVID has only one): if the two
+    /// views of one certificate disagree, the peer is refused rather than either view believed.
+    fn peer_svid(&self, host: &dyn Host, peer: &Peer, now: u64) -> Verdict {
+        let verdict = match peer.cert_sha256 {
+            Some(digest) => {
+                let cached = self.svids.borrow_mut().get(&digest, now);
+                match cached {
+                    Some(v) => v,
+                    None => {
+                        let checked = check_pem(host, Some(digest));
+                        let mut cache = self.svids.borrow_mut();
+                        match &checked {
+                            Ok(s) => cache.insert(digest, Ok(s.id.clone()), Some(s.not_after), now),
+                            Err(e) if e.is_about_the_leaf() => {
+                                cache.insert(digest, Err(*e), None, now)
+                            }
+                            Err(_) => {}
+                        }
+                        checked.map(|s| s.id)
+                    }
+                }
+            }
+            // No digest to key a cache by: check the certificate every time.
+            None => check_pem(host, None).map(|s| s.id),
+        };
+        let id = verdict?;
+        if peer.uri_san.as_deref() != Some(id.as_str()) {
+            return Err(SvidError::UriSanMismatch);
+        }
+        Ok(id)
     }
 
     /// The caller whose identity the bindings check: the mTLS peer, or, when the peer is a
     /// trusted forwarder that sent `x-forwarded-client-cert`, the client it forwarded.
-    fn effective_peer(&self, host: &dyn Host, peer: Peer, decision: &mut Decision) -> Peer {
+    ///
+    /// A forwarder is trusted only if its own leaf is an X.509-SVID whose SPIFFE ID is listed:
+    /// the first URI SAN alone could belong to a certificate that names several workloads.
+    fn effective_peer(
+        &self,
+        host: &dyn Host,
+        mut peer: Peer,
+        now: u64,
+        decision: &mut Decision,
+    ) -> Peer {
         use crate::xfcc::{forwarded_client, Forwarded};
         // Without trusted forwarders XFCC can never matter: skip the header lookup.
         if self.config.trusted_forwarders.is_empty() {
@@ -341,9 +419,11 @@ impl Engine {
         if forwarded == Forwarded::Nothing {
             return peer;
         }
-        let trusted = peer
-            .spiffe_id()
-            .is_some_and(|id| self.config.trusted_forwarders.iter().any(|t| t == id));
+        if peer.svid.is_none() && peer.has_certificate() {
+            peer.svid = Some(self.peer_svid(host, &peer, now));
+        }
+        let trusted = matches!(&peer.svid, Some(Ok(id))
+            if self.config.trusted_forwarders.iter().any(|t| t == id.as_str()));
         if !trusted {
             decision.xfcc = Xfcc::Untrusted;
             return peer;

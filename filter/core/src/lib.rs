@@ -5,6 +5,7 @@
 //! - [`jwt`] and [`jwk`]: is the token valid (signature, issuer, time, audience).
 //! - [`crypto`]: who checks a signature (Envoy's BoringSSL or pure Rust), chosen at start-up.
 //! - [`binding`]: is it bound to this caller ([`peer`], [`spiffe`], RFC 8705 thumbprint).
+//! - [`svid`]: is the caller's certificate an X.509-SVID leaf.
 //! - [`dpop`], [`replay`], [`nonce`], [`uri`]: RFC 9449 proof-of-possession.
 //! - [`cache`]: the verified-token cache.
 //! - [`paths`]: which normalised path a request names, and which path entries it matches.
@@ -32,6 +33,7 @@ pub mod remote;
 pub mod replay;
 pub mod response;
 pub mod spiffe;
+pub mod svid;
 pub mod uri;
 pub mod xfcc;
 

@@ -1,6 +1,10 @@
 //! The downstream mTLS peer, as Envoy reports it through connection attributes.
 
+use crate::svid::Verdict;
 use std::fmt;
+
+/// The Envoy attribute (under `connection.`) holding the peer's leaf certificate, PEM.
+pub const PEER_CERTIFICATE: &str = "peer_certificate";
 
 /// What Envoy knows about the caller's TLS client certificate.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -11,6 +15,12 @@ pub struct Peer {
     pub uri_san: Option<String>,
     /// `connection.sha256_peer_certificate_digest`, decoded from hex.
     pub cert_sha256: Option<[u8; 32]>,
+    /// `connection.peer_certificate`: the leaf, PEM. Read only when its SVID verdict is not
+    /// cached (see [`crate::svid`]).
+    pub certificate_pem: Option<Vec<u8>>,
+    /// Whether the certificate is an X.509-SVID leaf, and its SPIFFE ID: set by the engine
+    /// (never by the host) when a SPIFFE binding or a trusted forwarder needs it.
+    pub svid: Option<Verdict>,
 }
 
 /// Which peer attributes a decision needs. Each costs a host call, so the engine asks only
@@ -19,22 +29,32 @@ pub struct Peer {
 pub struct PeerWant {
     /// `connection.uri_san_peer_certificate`: SPIFFE binding, trusted forwarders, logs.
     pub uri_san: bool,
-    /// `connection.sha256_peer_certificate_digest`: `cnf.x5t#S256`, XFCC.
+    /// `connection.sha256_peer_certificate_digest`: `cnf.x5t#S256`, XFCC, the SVID cache key.
     pub digest: bool,
+    /// `connection.peer_certificate`: the leaf PEM, for the X.509-SVID check on a cache miss.
+    pub certificate: bool,
 }
 
 impl PeerWant {
     pub const NOTHING: PeerWant = PeerWant {
         uri_san: false,
         digest: false,
+        certificate: false,
     };
     pub const ALL: PeerWant = PeerWant {
         uri_san: true,
         digest: true,
+        certificate: true,
+    };
+    /// Only the leaf PEM.
+    pub const CERTIFICATE: PeerWant = PeerWant {
+        uri_san: false,
+        digest: false,
+        certificate: true,
     };
 
     pub fn any(self) -> bool {
-        self.uri_san || self.digest
+        self.uri_san || self.digest || self.certificate
     }
 }
 
@@ -54,10 +74,17 @@ pub fn read(want: PeerWant, get: impl Fn(&str) -> Option<Vec<u8>>) -> Peer {
         .digest
         .then(|| get("sha256_peer_certificate_digest"))
         .flatten();
+    let certificate_pem = want
+        .certificate
+        .then(|| get(PEER_CERTIFICATE))
+        .flatten()
+        .filter(|p| !p.is_empty());
     let proven = uri_san.as_ref().is_some_and(|u| !u.is_empty())
-        || digest.as_ref().is_some_and(|d| !d.is_empty());
+        || digest.as_ref().is_some_and(|d| !d.is_empty())
+        || certificate_pem.is_some();
     let mtls = if proven { Some(vec![1]) } else { get("mtls") };
     Peer::from_attributes(mtls.as_deref(), uri_san.as_deref(), digest.as_deref())
+        .with_certificate_pem(certificate_pem)
 }
 
 impl Peer {
@@ -65,11 +92,20 @@ impl Peer {
     pub fn masked(&self, want: PeerWant) -> Peer {
         let uri_san = self.uri_san.clone().filter(|_| want.uri_san);
         let cert_sha256 = self.cert_sha256.filter(|_| want.digest);
+        let certificate_pem = self.certificate_pem.clone().filter(|_| want.certificate);
         Peer {
             mtls: want.any() && self.mtls,
             uri_san,
             cert_sha256,
+            certificate_pem,
+            svid: None,
         }
+    }
+
+    /// The same peer with its leaf certificate (PEM), as `connection.peer_certificate` gives it.
+    pub fn with_certificate_pem(mut self, pem: Option<Vec<u8>>) -> Peer {
+        self.certificate_pem = pem;
+        self
     }
 
     /// Builds a peer from the raw attribute bytes Envoy returns. Absent or malformed
@@ -87,6 +123,8 @@ impl Peer {
                 .and_then(|b| std::str::from_utf8(b).ok())
                 .map(str::to_owned),
             cert_sha256: sha256_hex.and_then(decode_hex32),
+            certificate_pem: None,
+            svid: None,
         }
     }
 
@@ -108,6 +146,8 @@ impl fmt::Debug for Peer {
             .field("mtls", &self.mtls)
             .field("uri_san", &self.uri_san)
             .field("cert_sha256", &self.cert_sha256.is_some())
+            .field("certificate_pem", &self.certificate_pem.is_some())
+            .field("svid", &self.svid)
             .finish()
     }
 }
@@ -150,6 +190,7 @@ mod tests {
                 "mtls" => Some(vec![u8::from(!uri.is_empty() || !digest.is_empty())]),
                 "uri_san_peer_certificate" => Some(uri.to_vec()),
                 "sha256_peer_certificate_digest" => Some(digest.to_vec()),
+                "peer_certificate" => Some(b"PEM".to_vec()),
                 _ => None,
             }
         });
@@ -166,7 +207,7 @@ mod tests {
         // A URI SAN proves a certificate: no mtls read.
         let want_uri = PeerWant {
             uri_san: true,
-            digest: false,
+            ..PeerWant::NOTHING
         };
         let (log, peer) = reads(want_uri, uri, &hex);
         assert_eq!(log, ["uri_san_peer_certificate"]);
@@ -177,12 +218,23 @@ mod tests {
         assert!(peer.has_certificate() && peer.uri_san.is_none());
         let (_, peer) = reads(want_uri, b"", b"");
         assert!(!peer.has_certificate());
-        let (log, peer) = reads(PeerWant::ALL, uri, &hex);
+        let want_both = PeerWant {
+            uri_san: true,
+            digest: true,
+            certificate: false,
+        };
+        let (log, peer) = reads(want_both, uri, &hex);
         assert_eq!(
             log,
             ["uri_san_peer_certificate", "sha256_peer_certificate_digest"]
         );
+        assert!(peer.certificate_pem.is_none());
+        // The PEM alone (an SVID cache miss): it proves a certificate too.
         assert_eq!(peer.cert_sha256, Some([0xaa; 32]));
+        let (log, leaf) = reads(PeerWant::CERTIFICATE, uri, &hex);
+        assert_eq!(log, ["peer_certificate"]);
+        assert!(leaf.has_certificate());
+        assert_eq!(leaf.certificate_pem.as_deref(), Some(b"PEM".as_slice()));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub enum Reason {
     InvalidSpiffeId,
     SpiffeMismatch,
     TrustDomainNotAllowed,
+    InvalidPeerSvid,
     ThumbprintMismatch,
     UnboundToken,
     UnsupportedBinding,
@@ -40,7 +41,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order. Used to pre-define one counter per reason.
-    pub const ALL: [Reason; 31] = [
+    pub const ALL: [Reason; 32] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::TokenTooLarge,
@@ -55,6 +56,7 @@ impl Reason {
         Reason::InvalidSpiffeId,
         Reason::SpiffeMismatch,
         Reason::TrustDomainNotAllowed,
+        Reason::InvalidPeerSvid,
         Reason::ThumbprintMismatch,
         Reason::UnboundToken,
         Reason::UnsupportedBinding,
@@ -91,6 +93,7 @@ impl Reason {
             Reason::InvalidSpiffeId => "invalid_spiffe_id",
             Reason::SpiffeMismatch => "spiffe_mismatch",
             Reason::TrustDomainNotAllowed => "trust_domain_not_allowed",
+            Reason::InvalidPeerSvid => "invalid_peer_svid",
             Reason::ThumbprintMismatch => "thumbprint_mismatch",
             Reason::UnboundToken => "unbound_token",
             Reason::UnsupportedBinding => "unsupported_binding",
@@ -164,6 +167,7 @@ impl Reason {
             Reason::TrustDomainNotAllowed => {
                 "the token SPIFFE ID is outside the allowed trust domains"
             }
+            Reason::InvalidPeerSvid => "the caller certificate is not a valid X.509-SVID",
             Reason::ThumbprintMismatch => "the token is bound to a different certificate",
             Reason::UnboundToken => "the token is not bound to the caller",
             Reason::UnsupportedBinding => "the token uses an unsupported confirmation method",

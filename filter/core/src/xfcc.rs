@@ -6,14 +6,15 @@
 //! XFCC from anyone else is ignored: any workload could write the header.
 
 use crate::peer::{decode_hex32, Peer};
+use crate::svid;
 
 /// One XFCC element's fields this filter uses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Element {
     /// `Hash`: hex SHA-256 of the client certificate DER.
     pub hash: Option<String>,
-    /// `URI`: the client certificate's URI SAN.
-    pub uri: Option<String>,
+    /// `URI`: the client certificate's URI SANs, one entry each, in order.
+    pub uris: Vec<String>,
 }
 
 /// Splits on `sep` outside double quotes (quotes may contain `\"` escapes).
@@ -64,7 +65,7 @@ pub fn parse(value: &str) -> Option<Vec<Element>> {
             let (key, val) = pair.split_once('=')?;
             match key.trim().to_ascii_lowercase().as_str() {
                 "hash" => e.hash = Some(unquote(val)),
-                "uri" => e.uri = Some(unquote(val)),
+                "uri" => e.uris.push(unquote(val)),
                 "by" | "cert" | "chain" | "subject" | "dns" => {}
                 _ => return None,
             }
@@ -109,13 +110,18 @@ pub fn forwarded_client(value: &str, peer: &Peer) -> Forwarded {
         .hash
         .as_deref()
         .and_then(|h| decode_hex32(h.as_bytes()));
-    if cert_sha256.is_none() && last.uri.is_none() {
+    if cert_sha256.is_none() && last.uris.is_empty() {
         return Forwarded::Invalid;
     }
+    // The X.509-SVID rule for the forwarded client's certificate, from its URI entries: exactly
+    // one, a SPIFFE ID with a path. `Cert=` (if any) is not parsed: the forwarder verified it.
+    let svid = svid::check_uri_sans(last.uris.iter().map(String::as_str));
     Forwarded::Client(Peer {
         mtls: true,
-        uri_san: last.uri,
+        uri_san: last.uris.into_iter().next(),
         cert_sha256,
+        certificate_pem: None,
+        svid: Some(svid),
     })
 }
 
@@ -132,10 +138,7 @@ mod tests {
         );
         let e = parse(&v).unwrap();
         assert_eq!(e.len(), 1);
-        assert_eq!(
-            e[0].uri.as_deref(),
-            Some("spiffe://cluster.local/ns/default/sa/client")
-        );
+        assert_eq!(e[0].uris, ["spiffe://cluster.local/ns/default/sa/client"]);
         let Forwarded::Client(p) = forwarded_client(&v, &Peer::default()) else {
             panic!("no client");
         };
@@ -150,6 +153,7 @@ mod tests {
             mtls: true,
             uri_san: Some("spiffe://td/gw".into()),
             cert_sha256: decode_hex32(GW_HASH.as_bytes()),
+            ..Peer::default()
         };
         // APPEND_FORWARD on this sidecar: [gateway's view of the client, our view of the gateway].
         let v = format!("By=spiffe://td/gw;Hash={HASH};URI=spiffe://td/client,By=spiffe://td/me;Hash={GW_HASH};URI=spiffe://td/gw");
@@ -166,6 +170,28 @@ mod tests {
         // SANITIZE_SET here, or a direct caller under APPEND_FORWARD: only our own element.
         let v = format!("By=spiffe://td/me;Hash={GW_HASH};URI=spiffe://td/gw");
         assert_eq!(forwarded_client(&v, &gateway), Forwarded::Nothing);
+    }
+
+    #[test]
+    fn the_forwarded_client_must_have_exactly_one_spiffe_uri() {
+        use crate::svid::SvidError;
+        let verdict = |v: &str| match forwarded_client(v, &Peer::default()) {
+            Forwarded::Client(p) => p.svid.unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let one = format!("Hash={HASH};URI=spiffe://td/ns/a/sa/b");
+        assert_eq!(verdict(&one).unwrap().as_str(), "spiffe://td/ns/a/sa/b");
+        let two = format!("Hash={HASH};URI=spiffe://td/ns/a/sa/b;URI=spiffe://td/ns/a/sa/c");
+        assert_eq!(verdict(&two), Err(SvidError::SeveralUriSans));
+        assert_eq!(verdict(&format!("Hash={HASH}")), Err(SvidError::NoUriSan));
+        assert!(matches!(
+            verdict(&format!("Hash={HASH};URI=https://td/a")),
+            Err(SvidError::InvalidSpiffeId(_))
+        ));
+        assert_eq!(
+            verdict(&format!("Hash={HASH};URI=spiffe://td")),
+            Err(SvidError::RootSpiffeId)
+        );
     }
 
     #[test]

@@ -331,8 +331,22 @@ fn every_reason_and_the_allow_paths() {
             name: "peer certificate without URI SAN",
             config: spiffe_on.clone(),
             token: token(&keys, Signer::ES256, json!({})),
-            peer: Peer::from_attributes(Some(&[1]), None, Some(CLIENT_CERT_SHA256_HEX.as_bytes())),
-            want: Some(Reason::SpiffeMismatch),
+            peer: peer_with_cert("no-uri-san", None),
+            want: Some(Reason::InvalidPeerSvid),
+        },
+        Case {
+            name: "peer certificate with two URI SANs, the first one the token's",
+            config: spiffe_on.clone(),
+            token: token(&keys, Signer::ES256, json!({})),
+            peer: peer_with_cert("two-uri-sans", Some(CLIENT)),
+            want: Some(Reason::InvalidPeerSvid),
+        },
+        Case {
+            name: "peer certificate with cA true",
+            config: spiffe_on.clone(),
+            token: token(&keys, Signer::ES256, json!({})),
+            peer: peer_with_cert("ca-flag", Some(CLIENT)),
+            want: Some(Reason::InvalidPeerSvid),
         },
         Case {
             name: "trust domain not allowed",
@@ -659,7 +673,7 @@ fn xfcc_from_a_trusted_forwarder_stands_in_for_the_peer() {
         Signer::ES256,
         json!({"cnf": {"x5t#S256": CLIENT_CERT_X5T_S256}}),
     );
-    let gateway = peer(GATEWAY, ATTACKER_CERT_SHA256_HEX);
+    let gateway = peer_with_cert("gateway", Some(GATEWAY));
     let client_xfcc = format!("By={GATEWAY};Hash={CLIENT_CERT_SHA256_HEX};URI={CLIENT}");
     // Through the gateway, the client's own identity and certificate are what is checked.
     let d = via_gateway(&engine, &t, Some(&client_xfcc), gateway.clone());

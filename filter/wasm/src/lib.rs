@@ -133,7 +133,7 @@ impl Shared {
         let peer = decision.peer.clone().unwrap_or_else(|| {
             host::Envoy.peer(tokenbind_core::peer::PeerWant {
                 uri_san: true,
-                digest: false,
+                ..tokenbind_core::peer::PeerWant::NOTHING
             })
         });
         self.record(decision, Some(&peer));

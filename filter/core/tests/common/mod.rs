@@ -15,14 +15,19 @@ pub const AUDIENCE: &str = "spiffe://cluster.local/ns/default/sa/server";
 pub const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
 pub const ATTACKER: &str = "spiffe://cluster.local/ns/default/sa/attacker";
 
-/// The client certificate in tests/data and its SHA-256, computed independently with
-/// `openssl x509 -fingerprint -sha256` and `openssl dgst -sha256 -binary | basenc --base64url`.
-pub const CLIENT_CERT_PEM: &str = include_str!("../data/client-cert.pem");
+/// The client's X.509-SVID in tests/data/svid (one URI SAN, CLIENT; cA false; digitalSignature)
+/// and its SHA-256, computed independently with `openssl x509 -outform der | sha256sum` and
+/// `openssl dgst -sha256 -binary | basenc --base64url`.
+pub const CLIENT_CERT_PEM: &str = include_str!("../data/svid/client.pem");
 pub const CLIENT_CERT_SHA256_HEX: &str =
-    "c1dd4102be3a7dec5cfce0f4e5bc1d3c2fa54421df96c84ae842343e74b7c80f";
-pub const CLIENT_CERT_X5T_S256: &str = "wd1BAr46fexc_OD05bwdPC-lRCHflshK6EI0PnS3yA8";
+    "5b89f15ef8917dc07457d7e0ff7b503b5db5fff675e10bb38883159cb3c5e82b";
+pub const CLIENT_CERT_X5T_S256: &str = "W4nxXviRfcB0V9fg_3tQO121__Z14QuziIMVnLPF6Cs";
+/// The attacker's X.509-SVID (ATTACKER) and its SHA-256.
+pub const ATTACKER_CERT_PEM: &str = include_str!("../data/svid/attacker.pem");
 pub const ATTACKER_CERT_SHA256_HEX: &str =
-    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    "1109d97d26971756f7a53501ac901c255f88756297a34491c8fcbb1bf978b309";
+/// A valid X.509-SVID for `spiffe://evil.example/ns/default/sa/client`.
+pub const EVIL_DOMAIN_CERT_PEM: &str = include_str!("../data/svid/evil-domain.pem");
 
 pub fn now() -> u64 {
     SystemTime::now()
@@ -31,8 +36,47 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
+/// A peer as Envoy reports it: URI SAN `id`, digest `sha256_hex`, and, for the IDs that have a
+/// certificate in tests/data/svid, that certificate's PEM (`connection.peer_certificate`).
 pub fn peer(id: &str, sha256_hex: &str) -> Peer {
+    let pem = match id {
+        CLIENT => Some(CLIENT_CERT_PEM),
+        ATTACKER => Some(ATTACKER_CERT_PEM),
+        "spiffe://evil.example/ns/default/sa/client" => Some(EVIL_DOMAIN_CERT_PEM),
+        _ => None,
+    };
     Peer::from_attributes(Some(&[1]), Some(id.as_bytes()), Some(sha256_hex.as_bytes()))
+        .with_certificate_pem(pem.map(|p| p.as_bytes().to_vec()))
+}
+
+/// A peer presenting the certificate tests/data/svid/`name`.pem, with the URI SAN (first) and
+/// digest Envoy would report for it.
+pub fn peer_with_cert(name: &str, first_uri_san: Option<&str>) -> Peer {
+    let path = format!("{}/tests/data/svid/{name}.pem", env!("CARGO_MANIFEST_DIR"));
+    let pem = std::fs::read(&path).unwrap();
+    let der = pem_body_der(std::str::from_utf8(&pem).unwrap());
+    let hex: String = sha2_hex(&der);
+    Peer::from_attributes(
+        Some(&[1]),
+        first_uri_san.map(str::as_bytes),
+        Some(hex.as_bytes()),
+    )
+    .with_certificate_pem(Some(pem))
+}
+
+fn sha2_hex(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The DER inside a PEM (test helper; the filter's own decoder is not used).
+pub fn pem_body_der(pem: &str) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD.decode(body).unwrap()
 }
 
 pub fn client_peer() -> Peer {

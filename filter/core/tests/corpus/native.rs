@@ -58,8 +58,22 @@ pub fn engine(config_json: &str) -> Engine {
     Engine::new(config)
 }
 
-/// A peer with an mTLS client certificate whose URI SAN is `spiffe_id`.
+/// A peer with an mTLS client certificate whose URI SAN is `spiffe_id`. For the client's ID it
+/// is the X.509-SVID in tests/data/svid/client.pem, with the PEM and digest Envoy reports for it
+/// (the SPIFFE binding checks the leaf); any other ID has no certificate to read.
 pub fn peer(spiffe_id: &str) -> Peer {
+    const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+    const CLIENT_PEM: &str = include_str!("../data/svid/client.pem");
+    const CLIENT_SHA256_HEX: &str =
+        "5b89f15ef8917dc07457d7e0ff7b503b5db5fff675e10bb38883159cb3c5e82b";
+    if spiffe_id == CLIENT_ID {
+        return Peer::from_attributes(
+            Some(&[1]),
+            Some(spiffe_id.as_bytes()),
+            Some(CLIENT_SHA256_HEX.as_bytes()),
+        )
+        .with_certificate_pem(Some(CLIENT_PEM.as_bytes().to_vec()));
+    }
     Peer::from_attributes(
         Some(&[1]),
         Some(spiffe_id.as_bytes()),
