@@ -225,3 +225,148 @@ pub fn on_delete(id: u32) {
 pub fn counts() -> (usize, usize) {
     with_table(|t| (t.roots.len(), t.streams.len())).unwrap_or((0, 0))
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    //! The table against the stand-in proxy of [`crate::test_host`]. Each test runs on its own
+    //! thread, so each has its own table.
+    use super::*;
+    use crate::exports::*;
+    use crate::test_host::{log_lines, replies, set_configuration};
+
+    /// One provider with an inline key (RFC 8037's Ed25519 example), verified in Rust.
+    fn config() -> String {
+        r#"{"crypto": "wasm", "providers": [{"name": "mesh", "issuer": "https://issuer.example",
+            "audiences": ["spiffe://example.org/server"],
+            "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}]}"#
+            .to_owned()
+    }
+
+    /// The filter's logger (what `_initialize` installs), without its panic hook, which would
+    /// hide test failures in the stand-in's log.
+    fn logger() {
+        let _ = log::set_logger(&crate::host::LOGGER);
+        log::set_max_level(log::LevelFilter::Info);
+    }
+
+    fn warnings_containing(needle: &str) -> usize {
+        log_lines()
+            .iter()
+            .filter(|(level, m)| *level == 3 && m.contains(needle))
+            .count()
+    }
+
+    #[test]
+    fn a_request_goes_root_to_http_context_and_back() {
+        logger();
+        proxy_on_context_create(1, 0);
+        assert_eq!(proxy_on_vm_start(1, 0), 1);
+        set_configuration(&config());
+        assert_eq!(proxy_on_configure(1, 0), 1, "{:?}", log_lines());
+        proxy_on_context_create(2, 1);
+        assert_eq!(counts(), (1, 1));
+        // No token: the engine denies (missing_token) and the adapter answers 401.
+        assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
+        assert_eq!(replies(), vec![401]);
+        proxy_on_tick(1);
+        assert_eq!(proxy_on_done(2), 1);
+        proxy_on_delete(2);
+        assert_eq!(proxy_on_done(1), 1);
+        proxy_on_delete(1);
+        assert_eq!(counts(), (0, 0));
+        assert_eq!(complaints(), 0, "{:?}", log_lines());
+    }
+
+    #[test]
+    fn an_unknown_call_token_is_logged_and_ignored() {
+        logger();
+        proxy_on_context_create(1, 0);
+        set_configuration(&config());
+        assert_eq!(proxy_on_configure(1, 0), 1, "{:?}", log_lines());
+        // The fetcher dispatched no call (the provider has inline keys): token 42 is unknown.
+        proxy_on_http_call_response(1, 42, 0, 10, 0);
+        assert_eq!(complaints(), 1);
+        assert_eq!(warnings_containing("unknown token 42"), 1);
+        // A response for a context that dispatched nothing.
+        proxy_on_http_call_response(99, 43, 0, 10, 0);
+        assert_eq!(warnings_containing("token 43"), 1);
+        assert!(replies().is_empty());
+        assert_eq!(counts(), (1, 0));
+    }
+
+    #[test]
+    fn unknown_context_ids_get_the_neutral_value() {
+        logger();
+        proxy_on_tick(7);
+        assert_eq!(proxy_on_vm_start(7, 0), 1);
+        assert_eq!(proxy_on_configure(7, 0), 0);
+        assert_eq!(proxy_on_done(7), 1);
+        proxy_on_delete(7);
+        proxy_on_context_create(8, 7);
+        assert_eq!(counts(), (0, 0));
+        assert_eq!(complaints(), 6);
+        assert_eq!(warnings_containing("unknown"), 6, "{:?}", log_lines());
+    }
+
+    #[test]
+    fn a_request_without_a_context_fails_closed() {
+        logger();
+        // Its root refused its configuration, so its HTTP context was never created.
+        proxy_on_context_create(1, 0);
+        set_configuration(r#"{"providers": []}"#);
+        assert_eq!(proxy_on_configure(1, 0), 0);
+        proxy_on_context_create(2, 1);
+        assert_eq!(counts(), (1, 0));
+        assert_eq!(warnings_containing("has no configuration"), 1);
+        assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
+        assert_eq!(replies(), vec![503]);
+        assert_eq!(warnings_containing("unknown HTTP context 2"), 1);
+    }
+
+    #[test]
+    fn a_context_created_twice_keeps_the_first() {
+        logger();
+        proxy_on_context_create(1, 0);
+        set_configuration(&config());
+        assert_eq!(proxy_on_configure(1, 0), 1);
+        proxy_on_context_create(1, 0);
+        proxy_on_context_create(2, 1);
+        proxy_on_context_create(2, 1);
+        assert_eq!(counts(), (1, 1));
+        assert_eq!(warnings_containing("created twice"), 2);
+        // The root kept its configuration.
+        assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
+        assert_eq!(replies(), vec![401]);
+    }
+
+    #[test]
+    fn complaints_are_logged_a_bounded_number_of_times() {
+        logger();
+        for id in 100..200 {
+            proxy_on_tick(id);
+        }
+        assert_eq!(complaints(), 100);
+        assert_eq!(warnings_containing("ignored"), COMPLAINT_LIMIT as usize);
+        assert_eq!(warnings_containing("not logged"), 1);
+    }
+
+    #[test]
+    fn memory_handed_to_the_host_comes_back_as_a_vec() {
+        logger();
+        let p = proxy_on_memory_allocate(16);
+        assert!(!p.is_null());
+        unsafe { std::ptr::write_bytes(p, 7, 16) };
+        let v = unsafe { Vec::from_raw_parts(p, 16, 16) };
+        assert_eq!(v, vec![7; 16]);
+        assert!(!proxy_on_memory_allocate(0).is_null());
+        // More than can exist: null, not an abort.
+        assert!(proxy_on_memory_allocate(usize::MAX).is_null());
+    }
+}

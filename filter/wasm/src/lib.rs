@@ -13,6 +13,8 @@ mod context;
 mod exports;
 mod fetch;
 mod host;
+#[cfg(test)]
+mod test_host;
 
 use context::Action;
 use fetch::{Events, Fetcher, Pending};
