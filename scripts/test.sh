@@ -15,6 +15,13 @@ say "clippy (native, and the wasm adapter for wasm32-wasip1); unwrap/expect/pani
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy -p tokenbind-filter --target wasm32-wasip1 --quiet -- -D warnings
 
+say "the adapter does not depend on the proxy-wasm SDK (its host-call wrappers and dispatcher panic)"
+if cargo tree -p tokenbind-filter --target wasm32-wasip1 --edges normal,build --prefix none \
+  | grep -q '^proxy-wasm '; then
+  echo "tokenbind-filter depends on proxy-wasm; every host call must go through filter/wasm/src/abi.rs" >&2
+  exit 1
+fi
+
 say "core tests compiled to wasm32-wasip1 and run inside V8 (Node), the engine Envoy embeds"
 command -v node >/dev/null || { echo "node (>= 20) is required to run the core tests in V8" >&2; exit 1; }
 CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $PWD/scripts/wasi-run.mjs" \

@@ -1,9 +1,10 @@
-//! Raw proxy-wasm ABI calls for everything on the request path.
+//! Raw proxy-wasm ABI 0.2.1 host calls: every call the filter makes, start-up included.
 //!
-//! The SDK's `hostcalls` wrappers `panic!` on any status they do not expect, and its map
-//! deserialiser indexes without bounds checks. A panic aborts the worker's Wasm VM, so the
-//! request path calls the ABI directly: every status becomes a value, and every buffer the host
-//! returns is parsed with checked arithmetic.
+//! The proxy-wasm SDK's `hostcalls` wrappers `panic!` on any status they do not expect, and its
+//! map deserialiser indexes without bounds checks. A panic aborts the worker's Wasm VM, so the
+//! filter does not use the SDK: it calls the ABI directly, every status becomes a value, and
+//! every buffer the host returns is parsed with checked arithmetic. (The exports, the other half
+//! of the ABI, are in [`crate::exports`].)
 
 use std::ptr::{null, null_mut};
 
@@ -89,6 +90,18 @@ extern "C" {
         return_buffer_size: *mut usize,
     ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout_milliseconds: u32,
+        return_token: *mut u32,
+    ) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -99,8 +112,8 @@ extern "C" {
     ) -> u32;
 }
 
-/// Takes ownership of a buffer the host allocated through the SDK's
-/// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
+/// Takes ownership of a buffer the host allocated through
+/// [`crate::exports::proxy_on_memory_allocate`] (exactly `size` bytes, `Vec<u8>` layout).
 ///
 /// # Safety
 /// `data` must be null or a pointer returned by `proxy_on_memory_allocate(size)`, not yet freed.
@@ -328,6 +341,36 @@ pub fn set_tick_period_ms(period: u32) -> bool {
 pub fn set_effective_context(context_id: u32) -> bool {
     // SAFETY: no pointers involved.
     unsafe { proxy_set_effective_context(context_id) == OK }
+}
+
+/// Dispatches an HTTP call (no body, no trailers) through the Envoy cluster `upstream`: the
+/// call's token, or the host status (`BAD_ARGUMENT` for an unknown cluster or bad headers,
+/// `INTERNAL_FAILURE` when Envoy cannot start the call, any other status as it is).
+pub fn http_call(upstream: &str, headers: &[(&str, &str)], timeout_ms: u32) -> Result<u32, u32> {
+    let headers = serialize_pairs(headers);
+    let trailers = serialize_pairs(&[]);
+    let mut token = 0;
+    // SAFETY: every pointer comes from a live slice passed with its length (the body is absent:
+    // null, 0); the host copies them. The out-pointer is a valid local.
+    let status = unsafe {
+        proxy_http_call(
+            upstream.as_ptr(),
+            upstream.len(),
+            headers.as_ptr(),
+            headers.len(),
+            null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    };
+    if status == OK {
+        Ok(token)
+    } else {
+        Err(status)
+    }
 }
 
 /// Calls a host foreign function (Envoy: `verify_signature`, ...). The status and the result

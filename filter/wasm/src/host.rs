@@ -1,9 +1,7 @@
-//! The narrow host interface: the proxy-wasm host calls the filter makes. Request-path calls go
-//! through [`crate::abi`], which turns every host status into a value; so do the start-up calls
-//! (metrics, configuration, logging): nothing here can panic on a host status. Two exceptions
-//! remain in the SDK, both off the request path: `dispatch_http_call` (its dispatcher must
-//! register the call), and the dispatcher's own `set_effective_context` when it delivers an
-//! HTTP call response to the root context.
+//! The narrow host interface: the proxy-wasm host calls the filter makes. Every one goes
+//! through [`crate::abi`], which turns every host status into a value, start-up (metrics,
+//! configuration, logging) and remote JWKS fetches included: nothing here can panic on a host
+//! status.
 
 use crate::abi;
 use tokenbind_core::crypto::{self, HostCryptoError, HostRequest, SignatureHost};
@@ -122,13 +120,11 @@ pub fn set_filter_state(name: &str, value: &str) {
 }
 
 /// Dispatches a GET through an Envoy cluster; returns the call token or the host status.
-/// This one call stays on the SDK: its dispatcher must register the token to deliver the
-/// response (a raw call's response would hit the SDK's "invalid token" panic). It runs only
-/// from the root context's timer, never on the request path.
+/// Called only from the root context's timer, so the response comes back to the root context.
 pub fn http_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, u32> {
-    proxy_wasm::hostcalls::dispatch_http_call(
+    abi::http_call(
         cluster,
-        vec![
+        &[
             (":method", "GET"),
             (":path", path),
             (":authority", authority),
@@ -136,11 +132,8 @@ pub fn http_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> 
             ("accept", "application/json"),
             ("user-agent", "tokenbind"),
         ],
-        None,
-        vec![],
-        std::time::Duration::from_millis(timeout_ms),
+        u32::try_from(timeout_ms).unwrap_or(u32::MAX),
     )
-    .map_err(|status| status as u32)
 }
 
 /// A header of the HTTP call response being delivered, as text (lossy).

@@ -3,14 +3,21 @@
 //! The root context parses and validates the configuration once, defines the counters and runs
 //! the remote-JWKS timer; each HTTP context asks the engine for a decision, counts it, logs it,
 //! and answers 401 in enforce mode. No decision logic lives here.
+//!
+//! The module speaks the proxy-wasm ABI itself, without the SDK: [`exports`] are the callbacks
+//! Envoy calls, [`context`] maps their context ids to the root and HTTP contexts below, and
+//! [`abi`] makes every host call. None of them panics on what the host passes or returns.
 
 mod abi;
+mod context;
+mod exports;
 mod fetch;
 mod host;
+#[cfg(test)]
+mod test_host;
 
+use context::Action;
 use fetch::{Events, Fetcher, Pending};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use tokenbind_core::crypto::{self, SignatureHost};
@@ -18,16 +25,16 @@ use tokenbind_core::metrics::{self, Counter};
 use tokenbind_core::replay::ReplayStore;
 use tokenbind_core::{nonce, Config, Crypto, CryptoMode, Decision, Engine, Host, Mode, Reason};
 
-proxy_wasm::main! {{
-    // Our logger, not the SDK's: every host call goes through the non-panicking ABI layer.
+/// VM start-up, from `_initialize`.
+fn start() {
+    // Every log line goes through the non-panicking ABI layer.
     let _ = log::set_logger(&host::LOGGER);
     log::set_max_level(log::LevelFilter::Info);
     // Nothing should panic (clippy denies it); if something does, say where, at critical.
-    std::panic::set_hook(Box::new(|info| host::log_critical(&format!("tokenbind: panic: {info}"))));
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root { context_id, shared: None })
-    });
-}}
+    std::panic::set_hook(Box::new(|info| {
+        host::log_critical(&format!("tokenbind: panic: {info}"))
+    }));
+}
 
 /// Timer period while keys are missing, a fetch is under way or requests wait, and otherwise.
 const FAST_TICK_MS: u64 = 100;
@@ -267,19 +274,20 @@ impl Shared {
     }
 
     /// A fetch's response. Fetches are dispatched only by the root context, so responses only
-    /// arrive there.
-    fn on_call_response(&self, token: u32, body_size: usize, current_context: u32) {
+    /// arrive there. False if `token` is not a fetch in flight (the response is ignored).
+    fn on_call_response(&self, token: u32, body_size: usize, current_context: u32) -> bool {
         let now_ms = host::now_unix_millis();
         let mut events = Events::default();
         {
             let mut fetcher = self.fetcher.borrow_mut();
             if !fetcher.on_response(token, body_size, now_ms, &mut events) {
-                return;
+                return false;
             }
             fetcher.sync(&self.engine, &mut events);
         }
         self.count(&events);
         self.release(&events.settled, now_ms, current_context);
+        true
     }
 }
 
@@ -326,137 +334,99 @@ fn select_crypto(mode: CryptoMode, counters: &Counters) -> Option<Crypto> {
     }
 }
 
-struct Root {
-    context_id: u32,
-    shared: Option<Rc<Shared>>,
-}
-
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        if let Some(shared) = &self.shared {
-            shared.on_call_response(token, body_size, self.context_id);
-        }
-    }
-}
-
 fn read_file(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| {
         format!("{e} (Envoy's Wasm sandbox does not expose files; use \"jwks\" or \"remote_jwks\" instead)")
     })
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let Some(bytes) = host::plugin_configuration() else {
-            log::error!("tokenbind: invalid configuration: the plugin configuration is empty");
-            return false;
-        };
-        let config = match Config::from_json(&bytes, &read_file) {
-            Ok(config) => config,
-            Err(e) => {
-                log::error!("tokenbind: {e}");
-                return false;
-            }
-        };
-        for p in &config.providers {
-            for s in p
-                .keys
-                .static_keys()
-                .map(|k| k.skipped.as_slice())
-                .unwrap_or_default()
-            {
-                log::warn!(
-                    "tokenbind: provider {}: JWKS keys[{}] (kid {:?}) skipped: {}",
-                    p.name,
-                    s.index,
-                    s.kid.as_deref().unwrap_or("-"),
-                    s.why
-                );
-            }
+/// A root context's `on_configure`: parses and validates the plugin configuration once and
+/// builds what its HTTP contexts share. `None` (after logging why) refuses the configuration.
+fn configure() -> Option<Rc<Shared>> {
+    let Some(bytes) = host::plugin_configuration() else {
+        log::error!("tokenbind: invalid configuration: the plugin configuration is empty");
+        return None;
+    };
+    let config = match Config::from_json(&bytes, &read_file) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("tokenbind: {e}");
+            return None;
         }
-        // DPoP state shared by all workers: the replay buckets and the nonce key. Created at
-        // configuration time, before traffic, because shared data cannot create keys with CAS.
-        ReplayStore::prepare(&host::Envoy);
-        let mut fresh_key = [0u8; 32];
-        match getrandom::fill(&mut fresh_key) {
-            Ok(()) => nonce::ensure_key(&host::Envoy, &fresh_key),
-            Err(e) if config.dpop.require_nonce => {
-                log::error!("tokenbind: invalid configuration: dpop.require_nonce: no randomness for the nonce key ({e})");
-                return false;
-            }
-            Err(e) => log::warn!(
-                "tokenbind: no randomness for the DPoP nonce key ({e}); nonces unavailable"
-            ),
-        }
-        log::info!(
-            "tokenbind: configured: mode={} providers={} spiffe_binding={} require_binding={} cache.max_entries={}",
-            config.mode.as_str(),
-            config.providers.len(),
-            config.spiffe.is_some(),
-            config.require_binding,
-            config.cache_max_entries
-        );
-        let counters = Counters::define();
-        let Some(crypto) = select_crypto(config.crypto, &counters) else {
-            return false;
-        };
-        let engine = Engine::with_crypto(config, crypto);
-        let fetcher = Fetcher::new(&engine);
-        let remote = fetcher.has_work();
-        let shared = Rc::new(Shared {
-            engine,
-            counters,
-            fetcher: RefCell::new(fetcher),
-        });
-        if remote {
-            // Keys another VM already fetched are used at once; the first tick fetches if none.
-            let mut events = Events::default();
-            shared
-                .fetcher
-                .borrow_mut()
-                .sync(&shared.engine, &mut events);
-            host::set_tick_period_ms(FAST_TICK_MS);
-        }
-        self.shared = Some(shared);
-        true
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(shared) = &self.shared {
-            shared.tick(self.context_id);
+    };
+    for p in &config.providers {
+        for s in p
+            .keys
+            .static_keys()
+            .map(|k| k.skipped.as_slice())
+            .unwrap_or_default()
+        {
+            log::warn!(
+                "tokenbind: provider {}: JWKS keys[{}] (kid {:?}) skipped: {}",
+                p.name,
+                s.index,
+                s.kid.as_deref().unwrap_or("-"),
+                s.why
+            );
         }
     }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let shared = Rc::clone(self.shared.as_ref()?);
-        Some(Box::new(Http { context_id, shared }))
+    // DPoP state shared by all workers: the replay buckets and the nonce key. Created at
+    // configuration time, before traffic, because shared data cannot create keys with CAS.
+    ReplayStore::prepare(&host::Envoy);
+    let mut fresh_key = [0u8; 32];
+    match getrandom::fill(&mut fresh_key) {
+        Ok(()) => nonce::ensure_key(&host::Envoy, &fresh_key),
+        Err(e) if config.dpop.require_nonce => {
+            log::error!("tokenbind: invalid configuration: dpop.require_nonce: no randomness for the nonce key ({e})");
+            return None;
+        }
+        Err(e) => {
+            log::warn!("tokenbind: no randomness for the DPoP nonce key ({e}); nonces unavailable")
+        }
     }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    log::info!(
+        "tokenbind: configured: mode={} providers={} spiffe_binding={} require_binding={} cache.max_entries={}",
+        config.mode.as_str(),
+        config.providers.len(),
+        config.spiffe.is_some(),
+        config.require_binding,
+        config.cache_max_entries
+    );
+    let counters = Counters::define();
+    let crypto = select_crypto(config.crypto, &counters)?;
+    let engine = Engine::with_crypto(config, crypto);
+    let fetcher = Fetcher::new(&engine);
+    let remote = fetcher.has_work();
+    let shared = Rc::new(Shared {
+        engine,
+        counters,
+        fetcher: RefCell::new(fetcher),
+    });
+    if remote {
+        // Keys another VM already fetched are used at once; the first tick fetches if none.
+        let mut events = Events::default();
+        shared
+            .fetcher
+            .borrow_mut()
+            .sync(&shared.engine, &mut events);
+        host::set_tick_period_ms(FAST_TICK_MS);
     }
+    Some(shared)
 }
 
+/// One request's context.
 struct Http {
     context_id: u32,
     shared: Rc<Shared>,
 }
 
-impl Context for Http {
-    fn on_done(&mut self) -> bool {
+impl Http {
+    /// The request is finishing (answered, reset or timed out): stop holding it.
+    fn on_done(&self) {
         self.shared.fetcher.borrow().forget(self.context_id);
-        true
     }
-}
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_request_headers(&self) -> Action {
         let shared = &self.shared;
         // One clock read per request.
         let now_ms = host::now_unix_millis();
