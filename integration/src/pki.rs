@@ -284,7 +284,7 @@ fn issue_with(
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
     params.subject_alt_names = sans.to_vec();
-    params.is_ca = spec.is_ca.clone();
+    params.is_ca = spec.is_ca;
     params.key_usages = spec.key_usages.clone();
     params.extended_key_usages = eku.to_vec();
     params.use_authority_key_identifier_extension = true;
