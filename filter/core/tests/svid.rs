@@ -19,11 +19,7 @@ use tokenbind_core::svid::{check_leaf_der, check_leaf_pem, SvidError};
 use tokenbind_core::{Config, Engine, MockHost, Mode, Outcome, Peer, Reason};
 
 fn pem(name: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/data/svid/{name}.pem",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    cert_pem(name).as_bytes().to_vec()
 }
 
 #[test]

@@ -52,16 +52,44 @@ pub fn peer(id: &str, sha256_hex: &str) -> Peer {
 /// A peer presenting the certificate tests/data/svid/`name`.pem, with the URI SAN (first) and
 /// digest Envoy would report for it.
 pub fn peer_with_cert(name: &str, first_uri_san: Option<&str>) -> Peer {
-    let path = format!("{}/tests/data/svid/{name}.pem", env!("CARGO_MANIFEST_DIR"));
-    let pem = std::fs::read(&path).unwrap();
-    let der = pem_body_der(std::str::from_utf8(&pem).unwrap());
+    let pem = cert_pem(name);
+    let der = pem_body_der(pem);
     let hex: String = sha2_hex(&der);
     Peer::from_attributes(
         Some(&[1]),
         first_uri_san.map(str::as_bytes),
         Some(hex.as_bytes()),
     )
-    .with_certificate_pem(Some(pem))
+    .with_certificate_pem(Some(pem.as_bytes().to_vec()))
+}
+
+/// tests/data/svid/`name`.pem, compiled in (the core tests also run inside V8, without files).
+pub fn cert_pem(name: &str) -> &'static str {
+    macro_rules! certs {
+        ($($n:literal),*) => {
+            match name {
+                $($n => include_str!(concat!("../data/svid/", $n, ".pem")),)*
+                _ => panic!("no test certificate {name}"),
+            }
+        };
+    }
+    certs!(
+        "client",
+        "attacker",
+        "gateway",
+        "evil-domain",
+        "no-basic-constraints",
+        "no-key-usage",
+        "two-uri-sans",
+        "ca-flag",
+        "key-cert-sign",
+        "crl-sign",
+        "no-uri-san",
+        "no-san",
+        "https-uri-san",
+        "root-spiffe-id",
+        "bad-spiffe-id"
+    )
 }
 
 fn sha2_hex(der: &[u8]) -> String {
