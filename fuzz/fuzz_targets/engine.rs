@@ -13,60 +13,12 @@
 //! proof cannot be used twice.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use serde_json::json;
 use tokenbind_core::extract;
-use tokenbind_core::{Config, Engine, MockHost, Mode, Outcome, Peer, Reason};
-use tokenbind_fuzz::{config_json, keys, merge, NOW};
-
-fn config(n: u8) -> Config {
-    let mut cfg = config_json();
-    match n % 3 {
-        1 => merge(
-            &mut cfg,
-            json!({"mode": "monitor", "require_binding": false, "spiffe": null,
-                   "dpop": {"require_nonce": true, "trust_forwarded_proto": true}}),
-        ),
-        2 => merge(&mut cfg, json!({"spiffe": null})),
-        _ => {}
-    }
-    Config::from_json(cfg.to_string().as_bytes(), &|_| Err("no files".into())).unwrap()
-}
+use tokenbind_core::{Config, Engine, MockHost, Mode, Outcome, Reason};
+use tokenbind_fuzz::{engine_config as config, engine_input, keys};
 
 fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let mut host = MockHost::new();
-    let (mut mtls, mut uri, mut sha) = (None::<Vec<u8>>, None::<String>, None::<String>);
-    let (mut config_n, mut now, mut nonce_key) = (0u8, NOW, false);
-    for line in text.split('\n') {
-        if let Some(control) = line.strip_prefix('@') {
-            let (k, v) = control.split_once('=').unwrap_or((control, ""));
-            match k {
-                "config" => config_n = v.trim().parse().unwrap_or(0),
-                "now" => {
-                    let off: i64 = v.trim().parse().unwrap_or(0);
-                    now = NOW.saturating_add_signed(off);
-                }
-                "mtls" => mtls = Some(vec![u8::from(v.trim() == "1")]),
-                "uri" => uri = Some(v.to_owned()),
-                "sha256" => sha = Some(v.to_owned()),
-                "tls" => host = host.with_tls(v.trim() == "1"),
-                "nonce-key" => nonce_key = true,
-                _ => {}
-            }
-        } else if let Some(i) = line.get(1..).and_then(|l| l.find(':')) {
-            let (name, value) = line.split_at(i + 1);
-            let value = value[1..].trim_start_matches(' ');
-            host = host.with_header(name, value);
-        }
-    }
-    host.set_peer(Peer::from_attributes(
-        mtls.as_deref(),
-        uri.as_deref().map(str::as_bytes),
-        sha.as_deref().map(str::as_bytes),
-    ));
-    if nonce_key {
-        tokenbind_core::nonce::ensure_key(&host.shared, &[42u8; 32]);
-    }
+    let (host, config_n, now) = engine_input(data);
     let engine = Engine::new(config(config_n));
     let config = engine.config();
 

@@ -17,8 +17,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|p| p.keys.static_keys().cloned().map(Rc::new))
         .collect();
     let crypto = Crypto::wasm();
-    // Also at the edges of the clock: the time arithmetic must never overflow.
-    for now in [NOW, 0, u64::MAX] {
+    // At the fixed clock, and for a token that verifies also at the edges of the clock: the
+    // time arithmetic must never overflow.
+    let at_now = jwt::verify(&token, &config, &key_sets, &crypto, NOW).is_ok();
+    let clocks: &[u64] = if at_now { &[NOW, 0, u64::MAX] } else { &[NOW] };
+    for &now in clocks {
         match jwt::verify(&token, &config, &key_sets, &crypto, now) {
             Ok(facts) => {
                 assert!(

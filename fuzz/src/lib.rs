@@ -2,10 +2,13 @@
 //! the configuration every token target uses, a fixed clock, and the input convention that
 //! lets the fuzzer reach past the signature check.
 //!
-//! Token inputs (`jws`, `dpop`, `jws_differential`): if the first byte is 0x01 (ES256),
-//! 0x02 (RS256) or 0x03 (EdDSA), the rest is `header JSON 0x00 claims JSON`, which the harness
-//! base64url-encodes and signs with that fixed key, so every mutation of the header or the
-//! claims still carries a valid signature. Any other input is the compact token itself.
+//! Token inputs (`jws`, `dpop`, `jws_differential`): if the first byte is 0x01 (ES256) or
+//! 0x03 (EdDSA), the rest is `header JSON 0x00 claims JSON`, which the harness base64url-encodes
+//! and signs with that fixed key, so every mutation of the header or the claims still carries a
+//! valid signature. Any other input is the compact token itself. (RS256 tokens are in the seed
+//! corpus as compact tokens only: an instrumented RSA-2048 signature costs tens of milliseconds
+//! per input, which would cut the fuzzer's speed tenfold; what sign mode reaches, header and
+//! claims handling, does not depend on the algorithm.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,10 +44,10 @@ pub enum Signer {
 impl Signer {
     pub const ALL: [Signer; 3] = [Signer::Es256, Signer::Rs256, Signer::EdDsa];
 
+    /// The signer of a sign-mode input (RS256 is not one: see the module documentation).
     pub fn from_byte(b: u8) -> Option<Signer> {
         match b {
             1 => Some(Signer::Es256),
-            2 => Some(Signer::Rs256),
             3 => Some(Signer::EdDsa),
             _ => None,
         }
@@ -329,4 +332,67 @@ pub fn merge(target: &mut Value, overrides: Value) {
             }
         }
     }
+}
+
+/// The engine target's configurations: 0 enforces with SPIFFE binding, a trusted forwarder and
+/// DPoP; 1 is monitor mode with no binding required, DPoP nonces required and
+/// `x-forwarded-proto` trusted; 2 enforces without SPIFFE binding.
+pub fn engine_config(n: u8) -> Config {
+    static CONFIGS: OnceLock<Vec<Config>> = OnceLock::new();
+    CONFIGS.get_or_init(|| (0..3).map(build_engine_config).collect())[usize::from(n % 3)].clone()
+}
+
+fn build_engine_config(n: u8) -> Config {
+    let mut cfg = config_json();
+    match n {
+        1 => merge(
+            &mut cfg,
+            json!({"mode": "monitor", "require_binding": false, "spiffe": null,
+                   "dpop": {"require_nonce": true, "trust_forwarded_proto": true}}),
+        ),
+        2 => merge(&mut cfg, json!({"spiffe": null})),
+        _ => {}
+    }
+    Config::from_json(cfg.to_string().as_bytes(), &|_| Err("no files".into())).unwrap()
+}
+
+/// The engine target's fake host, configuration number and clock from its input (see
+/// `fuzz_targets/engine.rs` for the format).
+pub fn engine_input(data: &[u8]) -> (tokenbind_core::MockHost, u8, u64) {
+    use tokenbind_core::{MockHost, Peer};
+    let text = String::from_utf8_lossy(data);
+    let mut host = MockHost::new();
+    let (mut mtls, mut uri, mut sha) = (None::<Vec<u8>>, None::<String>, None::<String>);
+    let (mut config_n, mut now, mut nonce_key) = (0u8, NOW, false);
+    for line in text.split('\n') {
+        if let Some(control) = line.strip_prefix('@') {
+            let (k, v) = control.split_once('=').unwrap_or((control, ""));
+            match k {
+                "config" => config_n = v.trim().parse().unwrap_or(0),
+                "now" => {
+                    let off: i64 = v.trim().parse().unwrap_or(0);
+                    now = NOW.saturating_add_signed(off);
+                }
+                "mtls" => mtls = Some(vec![u8::from(v.trim() == "1")]),
+                "uri" => uri = Some(v.to_owned()),
+                "sha256" => sha = Some(v.to_owned()),
+                "tls" => host = host.with_tls(v.trim() == "1"),
+                "nonce-key" => nonce_key = true,
+                _ => {}
+            }
+        } else if let Some(i) = line.get(1..).and_then(|l| l.find(':')) {
+            let (name, value) = line.split_at(i + 1);
+            let value = value.get(1..).unwrap_or("").trim_start_matches(' ');
+            host = host.with_header(name, value);
+        }
+    }
+    host.set_peer(Peer::from_attributes(
+        mtls.as_deref(),
+        uri.as_deref().map(str::as_bytes),
+        sha.as_deref().map(str::as_bytes),
+    ));
+    if nonce_key {
+        tokenbind_core::nonce::ensure_key(&host.shared, &[42u8; 32]);
+    }
+    (host, config_n, now)
 }
