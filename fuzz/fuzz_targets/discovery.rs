@@ -15,7 +15,11 @@ fn settings(discovery: bool) -> RemoteJwks {
     RemoteJwks {
         cluster: "issuer".into(),
         authority: "issuer.example".into(),
-        path: if discovery { "/".into() } else { "/jwks.json".into() },
+        path: if discovery {
+            "/".into()
+        } else {
+            "/jwks.json".into()
+        },
         discovery,
         cache_duration_seconds: 600,
         timeout_ms: 2_000,
@@ -48,7 +52,11 @@ fuzz_target!(|data: &[u8]| {
             .take_due_fetch(&shared, now_ms, false)
             .expect("a fresh provider has a fetch due");
         assert_eq!(request.discovery, discovery);
-        let response = FetchResponse { status: Some(200), cache_control, body: Some(body) };
+        let response = FetchResponse {
+            status: Some(200),
+            cache_control,
+            body: Some(body),
+        };
         let outcome = provider.complete(&shared, &request, response, NOW, 0.5);
         let state = provider.state(&shared);
         assert_eq!(state.lease_until_ms, 0, "the lease is released");
@@ -60,7 +68,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!next.authority.contains('@'));
                 assert!(!next.authority.contains(char::is_whitespace));
                 assert!(next.path.starts_with('/'));
-                assert_eq!(state.jwks, Some((next.authority.clone(), next.path.clone())));
+                assert_eq!(
+                    state.jwks,
+                    Some((next.authority.clone(), next.path.clone()))
+                );
                 // The discovered JWKS fetch is due at once.
                 let again = provider.take_due_fetch(&shared, now_ms + 1, false);
                 assert_eq!(again.as_ref(), Some(&next));
@@ -76,7 +87,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!why.is_empty());
                 assert!(state.failures == 1);
                 assert!(state.next_refresh > NOW);
-                assert!(provider.sync(&shared, None).is_none(), "a failure stored keys");
+                assert!(
+                    provider.sync(&shared, None).is_none(),
+                    "a failure stored keys"
+                );
             }
         }
     }

@@ -13,7 +13,9 @@ use tokenbind_fuzz::{config, htu, jkt, keys, token_from_input, Signer, NOW};
 pub const ACCESS_TOKEN: &str = "fuzz.access.token";
 
 fuzz_target!(|data: &[u8]| {
-    let Some(proof) = token_from_input(data) else { return };
+    let Some(proof) = token_from_input(data) else {
+        return;
+    };
     let settings = config().dpop;
     let crypto = Crypto::wasm();
     let uri = uri::normalize(&htu());
@@ -36,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(cache.len() <= 2, "proof-key cache over its cap");
         match fresh {
             Ok(v) => {
-                assert!(keys().signed_by_any(&proof), "accepted a proof no fixed key signed");
+                assert!(
+                    keys().signed_by_any(&proof),
+                    "accepted a proof no fixed key signed"
+                );
                 assert!(v.expires_at > NOW);
             }
             Err(d) => assert!(Reason::ALL.contains(&d.reason)),

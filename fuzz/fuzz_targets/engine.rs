@@ -35,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
                 second.outcome
             );
         } else {
-            assert_eq!(second.outcome, Outcome::Allow, "the cache changed the answer");
+            assert_eq!(
+                second.outcome,
+                Outcome::Allow,
+                "the cache changed the answer"
+            );
         }
     }
 });
@@ -47,7 +51,9 @@ fn check(d: &tokenbind_core::Decision, host: &MockHost, config: &Config, now: u6
             assert!(config.is_exempt(&host.request_header(":path").unwrap_or_default()));
         }
         Outcome::Allow => {
-            let auth = host.request_header("authorization").expect("allowed without Authorization");
+            let auth = host
+                .request_header("authorization")
+                .expect("allowed without Authorization");
             let cred = extract::credential(&[auth.as_str()], config.max_token_bytes)
                 .expect("allowed without a credential");
             assert!(
@@ -58,8 +64,15 @@ fn check(d: &tokenbind_core::Decision, host: &MockHost, config: &Config, now: u6
             assert!(now < facts.valid_until, "allowed an expired token");
             if facts.cnf.jkt.is_some() {
                 let proofs = host.request_header_values("dpop");
-                assert_eq!(proofs.len(), 1, "DPoP-bound token allowed without one proof");
-                assert!(keys().signed_by_any(&proofs[0]), "allowed an unsigned DPoP proof");
+                assert_eq!(
+                    proofs.len(),
+                    1,
+                    "DPoP-bound token allowed without one proof"
+                );
+                assert!(
+                    keys().signed_by_any(&proofs[0]),
+                    "allowed an unsigned DPoP proof"
+                );
             }
         }
         Outcome::Deny(denial) => {

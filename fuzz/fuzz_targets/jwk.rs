@@ -8,11 +8,19 @@ use serde_json::Value;
 use tokenbind_core::jwk;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) else { return };
+    let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
     let thumb = jwk::thumbprint(&obj);
     if let Ok(t) = &thumb {
-        assert_eq!(t.len(), 43, "a SHA-256 thumbprint is 43 base64url characters");
-        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(
+            t.len(),
+            43,
+            "a SHA-256 thumbprint is 43 base64url characters"
+        );
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         // Extra members (kid, use, alg, anything) never change the thumbprint.
         let mut extended = obj.clone();
         extended.insert("kid".into(), Value::from("fuzz"));

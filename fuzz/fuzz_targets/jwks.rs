@@ -6,13 +6,18 @@ use libfuzzer_sys::fuzz_target;
 use tokenbind_core::jwk::{self, Alg, KeySet, MAX_KEYS};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let parsed = KeySet::from_json(text);
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         let from_value = KeySet::from_value(&value);
         assert_eq!(
             parsed.as_ref().map(KeySet::len).map_err(|e| e.path.clone()),
-            from_value.as_ref().map(KeySet::len).map_err(|e| e.path.clone()),
+            from_value
+                .as_ref()
+                .map(KeySet::len)
+                .map_err(|e| e.path.clone()),
             "from_json and from_value disagree"
         );
         if let Some(list) = value.get("keys").and_then(|k| k.as_array()) {
@@ -21,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
                 if let Ok(key) = jwk::parse_public_jwk(jwk) {
                     let t = thumb.as_ref().expect("a key that parses has a thumbprint");
                     assert_eq!(Ok(t), jwk::thumbprint(jwk).as_ref());
-                    assert_eq!(key.kty(), jwk.get("kty").and_then(|v| v.as_str()).unwrap_or(""));
+                    assert_eq!(
+                        key.kty(),
+                        jwk.get("kty").and_then(|v| v.as_str()).unwrap_or("")
+                    );
                 }
             }
         }

@@ -9,7 +9,9 @@ use tokenbind_core::{jwt, Crypto, Reason};
 use tokenbind_fuzz::{config, keys, token_from_input, NOW};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(token) = token_from_input(data) else { return };
+    let Some(token) = token_from_input(data) else {
+        return;
+    };
     let config = config();
     let key_sets: Vec<Option<Rc<KeySet>>> = config
         .providers

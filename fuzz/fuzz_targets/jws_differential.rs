@@ -20,79 +20,24 @@ use jwt_simple::JWTError;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 use std::rc::Rc;
-use std::sync::OnceLock;
 use tokenbind_core::jwk::KeySet;
 use tokenbind_core::{jwt, Crypto, Denial};
-use tokenbind_fuzz::{config, keys, token_from_input, AUDIENCE, ISSUER, KID_EDDSA, KID_ES256, KID_RS256, NOW};
-
-struct JsKeys {
-    es256: ES256PublicKey,
-    rs256: RS256PublicKey,
-    eddsa: Ed25519PublicKey,
-}
-
-fn js_keys() -> &'static JsKeys {
-    static K: OnceLock<JsKeys> = OnceLock::new();
-    K.get_or_init(|| {
-        use rsa::traits::PublicKeyParts as _;
-        let k = keys();
-        let point = k.es256.verifying_key().to_sec1_point(false);
-        JsKeys {
-            es256: ES256PublicKey::from_bytes(point.as_bytes()).unwrap(),
-            rs256: RS256PublicKey::from_components(
-                &k.rs256.n().to_bytes_be(),
-                &k.rs256.e().to_bytes_be(),
-            )
-            .unwrap(),
-            eddsa: Ed25519PublicKey::from_bytes(k.eddsa.verifying_key().as_bytes()).unwrap(),
-        }
-    })
-}
-
-fn options(kid: Option<&str>) -> VerificationOptions {
-    VerificationOptions {
-        allowed_issuers: Some(HashSet::from_strings(&[ISSUER])),
-        allowed_audiences: Some(HashSet::from_strings(&[AUDIENCE])),
-        time_tolerance: Some(Duration::from_secs(60)),
-        artificial_time: Some(UnixTimeStamp::from_secs(NOW)),
-        max_token_length: None,
-        max_header_length: Some(usize::MAX),
-        required_key_id: kid.map(str::to_owned),
-        ..Default::default()
-    }
-}
-
-/// jwt-simple's verdict: `Ok` if some key accepts, else every key's error.
-fn jwt_simple(token: &str) -> Result<&'static str, Vec<String>> {
-    let header_kid = Token::decode_metadata(token)
-        .ok()
-        .and_then(|m| m.key_id().map(str::to_owned));
-    let kid = |k: &'static str| header_kid.as_ref().map(|_| k);
-    let k = js_keys();
-    let mut errors = Vec::new();
-    type C = Map<String, Value>;
-    match k.es256.verify_token::<C>(token, Some(options(kid(KID_ES256)))) {
-        Ok(_) => return Ok(KID_ES256),
-        Err(e) => errors.push(format!("es-1: {e}")),
-    }
-    match k.rs256.verify_token::<C>(token, Some(options(kid(KID_RS256)))) {
-        Ok(_) => return Ok(KID_RS256),
-        Err(e) => errors.push(format!("rs-1: {e}")),
-    }
-    match k.eddsa.verify_token::<C>(token, Some(options(kid(KID_EDDSA)))) {
-        Ok(_) => return Ok(KID_EDDSA),
-        Err(e) => errors.push(format!("ed-1: {e}")),
-    }
-    Err(errors)
-}
+use tokenbind_fuzz::differential::{js_keys, jwt_simple, options};
+use tokenbind_fuzz::{config, token_from_input, NOW};
 
 fn jwt_simple_error_is(token: &str, what: JWTError) -> bool {
     let k = js_keys();
     let opts = || Some(options(None));
     let probe = [
-        k.es256.verify_token::<Map<String, Value>>(token, opts()).err(),
-        k.rs256.verify_token::<Map<String, Value>>(token, opts()).err(),
-        k.eddsa.verify_token::<Map<String, Value>>(token, opts()).err(),
+        k.es256
+            .verify_token::<Map<String, Value>>(token, opts())
+            .err(),
+        k.rs256
+            .verify_token::<Map<String, Value>>(token, opts())
+            .err(),
+        k.eddsa
+            .verify_token::<Map<String, Value>>(token, opts())
+            .err(),
     ];
     probe.iter().flatten().any(|e| {
         e.downcast_ref::<JWTError>()
@@ -103,7 +48,9 @@ fn jwt_simple_error_is(token: &str, what: JWTError) -> bool {
 fn decode_part(token: &str, i: usize) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let part = token.split('.').nth(i)?;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()
 }
 
 fn json_object(bytes: &[u8]) -> Option<Map<String, Value>> {
@@ -136,12 +83,24 @@ fn has_duplicate_members(bytes: &[u8]) -> bool {
             while seq.next_element_seed(Seed(&mut *self))?.is_some() {}
             Ok(())
         }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> { Ok(()) }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> { Ok(()) }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> { Ok(()) }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> { Ok(()) }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> { Ok(()) }
-        fn visit_unit<E>(self) -> Result<(), E> { Ok(()) }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
     }
     struct Seed<'a>(&'a mut Dup);
     impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_> {
@@ -156,11 +115,16 @@ fn has_duplicate_members(bytes: &[u8]) -> bool {
     dup.0
 }
 
-const STRING_HEADER_MEMBERS: [&str; 9] =
-    ["cty", "typ", "jku", "jwk", "x5u", "x5t", "x5t#S256", "salt", "kid"];
+const STRING_HEADER_MEMBERS: [&str; 9] = [
+    "cty", "typ", "jku", "jwk", "x5u", "x5t", "x5t#S256", "salt", "kid",
+];
 
 /// A known, intended difference between the two verdicts, or `None`.
-fn policy_difference(token: &str, tb: &Result<(), Denial>, js_accepted: bool) -> Option<&'static str> {
+fn policy_difference(
+    token: &str,
+    tb: &Result<(), Denial>,
+    js_accepted: bool,
+) -> Option<&'static str> {
     let header = decode_part(token, 0);
     let claims = decode_part(token, 1);
     // RFC 7515 §4 and RFC 7519 §4: a parser must either reject duplicate member names or keep
@@ -185,7 +149,9 @@ fn policy_difference(token: &str, tb: &Result<(), Denial>, js_accepted: bool) ->
             "a DPoP proof is not an access token" => Some("typ dpop+jwt refused (RFC 8725 §3.11)"),
             // RFC 7800 §3.1: cnf is a JSON object; RFC 9449 §6.1: jkt is a string. jwt-simple
             // does not look at cnf.
-            "cnf claim is not a JSON object" | "cnf.jkt is not a string" => Some("cnf malformed (RFC 7800 §3.1)"),
+            "cnf claim is not a JSON object" | "cnf.jkt is not a string" => {
+                Some("cnf malformed (RFC 7800 §3.1)")
+            }
             // RFC 7519 §4.1.4: the current time MUST be before exp (plus leeway): tokenbind
             // refuses at exp + leeway exactly, jwt-simple still accepts that second.
             "exp is in the past" => claims
@@ -219,9 +185,8 @@ fn policy_difference(token: &str, tb: &Result<(), Denial>, js_accepted: bool) ->
             .iter()
             .any(|m| h.get(*m).is_some_and(|v| !v.is_string()));
         let odd_array = ["x5c", "crit"].iter().any(|m| {
-            h.get(*m).is_some_and(|v| {
-                !v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
-            })
+            h.get(*m)
+                .is_some_and(|v| !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
         });
         if odd_string || odd_array {
             return Some("a header member tokenbind ignores has a type jwt-simple refuses");
@@ -233,9 +198,10 @@ fn policy_difference(token: &str, tb: &Result<(), Denial>, js_accepted: bool) ->
     }
     if let Some(c) = &claims {
         // RFC 7519 §2: a NumericDate may be non-integer; jwt-simple takes integers only.
-        let odd_date = ["exp", "nbf", "iat"]
-            .iter()
-            .any(|m| c.get(*m).is_some_and(|v| v.is_number() && v.as_u64().is_none()));
+        let odd_date = ["exp", "nbf", "iat"].iter().any(|m| {
+            c.get(*m)
+                .is_some_and(|v| v.is_number() && v.as_u64().is_none())
+        });
         if odd_date {
             return Some("non-integer NumericDate (RFC 7519 §2 allows it)");
         }
@@ -258,7 +224,9 @@ fn policy_difference(token: &str, tb: &Result<(), Denial>, js_accepted: bool) ->
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(token) = token_from_input(data) else { return };
+    let Some(token) = token_from_input(data) else {
+        return;
+    };
     let config = config();
     let key_sets: Vec<Option<Rc<KeySet>>> = config
         .providers

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use tokenbind_core::spiffe::{validate_trust_domain, SpiffeId};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     match SpiffeId::parse(s) {
         Ok(id) => {
             assert_eq!(id.as_str(), s);

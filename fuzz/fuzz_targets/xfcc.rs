@@ -10,10 +10,15 @@ use tokenbind_core::Peer;
 const GATEWAY_HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = std::str::from_utf8(data) else { return };
+    let Ok(value) = std::str::from_utf8(data) else {
+        return;
+    };
     let parsed = xfcc::parse(value);
     if let Some(elements) = &parsed {
-        assert!(!elements.is_empty(), "a parsed XFCC has at least one element");
+        assert!(
+            !elements.is_empty(),
+            "a parsed XFCC has at least one element"
+        );
     }
     let gateway = Peer::from_attributes(
         Some(&[1]),
@@ -33,7 +38,10 @@ fuzz_target!(|data: &[u8]| {
                 // own peer when that element is the only one.
                 let own = decode_hex32(GATEWAY_HASH.as_bytes());
                 if elements.len() == 1 && peer.cert_sha256 == own {
-                    assert!(client.cert_sha256 != own, "own element taken for the client");
+                    assert!(
+                        client.cert_sha256 != own,
+                        "own element taken for the client"
+                    );
                 }
             }
             Forwarded::Invalid | Forwarded::Nothing => {}

@@ -100,10 +100,18 @@ pub fn keys() -> &'static Keys {
         let big = |m: &str| {
             rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk[m].as_str().unwrap()).unwrap())
         };
-        let rs256 =
-            rsa::RsaPrivateKey::from_components(big("n"), big("e"), big("d"), vec![big("p"), big("q")])
-                .unwrap();
-        Keys { es256, eddsa, rs256 }
+        let rs256 = rsa::RsaPrivateKey::from_components(
+            big("n"),
+            big("e"),
+            big("d"),
+            vec![big("p"), big("q")],
+        )
+        .unwrap();
+        Keys {
+            es256,
+            eddsa,
+            rs256,
+        }
     })
 }
 
@@ -395,4 +403,84 @@ pub fn engine_input(data: &[u8]) -> (tokenbind_core::MockHost, u8, u64) {
         tokenbind_core::nonce::ensure_key(&host.shared, &[42u8; 32]);
     }
     (host, config_n, now)
+}
+
+/// jwt-simple's side of the `jws_differential` target (here so the seed generator can check
+/// that the valid seeds are accepted by both sides, which keeps the comparison from being
+/// vacuous).
+pub mod differential {
+    use crate::{AUDIENCE, ISSUER, KID_EDDSA, KID_ES256, KID_RS256, NOW};
+    use jwt_simple::prelude::*;
+    use serde_json::{Map, Value};
+    use std::sync::OnceLock;
+
+    pub struct JsKeys {
+        pub es256: ES256PublicKey,
+        pub rs256: RS256PublicKey,
+        pub eddsa: Ed25519PublicKey,
+    }
+
+    pub fn js_keys() -> &'static JsKeys {
+        static K: OnceLock<JsKeys> = OnceLock::new();
+        K.get_or_init(|| {
+            use rsa::traits::PublicKeyParts as _;
+            let k = crate::keys();
+            let point = k.es256.verifying_key().to_sec1_point(false);
+            JsKeys {
+                es256: ES256PublicKey::from_bytes(point.as_bytes()).unwrap(),
+                rs256: RS256PublicKey::from_components(
+                    &k.rs256.n().to_bytes_be(),
+                    &k.rs256.e().to_bytes_be(),
+                )
+                .unwrap(),
+                eddsa: Ed25519PublicKey::from_bytes(k.eddsa.verifying_key().as_bytes()).unwrap(),
+            }
+        })
+    }
+
+    pub fn options(kid: Option<&str>) -> VerificationOptions {
+        VerificationOptions {
+            allowed_issuers: Some(HashSet::from_strings(&[ISSUER])),
+            allowed_audiences: Some(HashSet::from_strings(&[AUDIENCE])),
+            time_tolerance: Some(Duration::from_secs(60)),
+            artificial_time: Some(UnixTimeStamp::from_secs(NOW)),
+            max_token_length: None,
+            max_header_length: Some(usize::MAX),
+            required_key_id: kid.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    /// jwt-simple's verdict: `Ok` if some key accepts, else every key's error.
+    pub fn jwt_simple(token: &str) -> Result<&'static str, Vec<String>> {
+        let header_kid = Token::decode_metadata(token)
+            .ok()
+            .and_then(|m| m.key_id().map(str::to_owned));
+        let kid = |k: &'static str| header_kid.as_ref().map(|_| k);
+        let k = js_keys();
+        let mut errors = Vec::new();
+        type C = Map<String, Value>;
+        match k
+            .es256
+            .verify_token::<C>(token, Some(options(kid(KID_ES256))))
+        {
+            Ok(_) => return Ok(KID_ES256),
+            Err(e) => errors.push(format!("es-1: {e}")),
+        }
+        match k
+            .rs256
+            .verify_token::<C>(token, Some(options(kid(KID_RS256))))
+        {
+            Ok(_) => return Ok(KID_RS256),
+            Err(e) => errors.push(format!("rs-1: {e}")),
+        }
+        match k
+            .eddsa
+            .verify_token::<C>(token, Some(options(kid(KID_EDDSA))))
+        {
+            Ok(_) => return Ok(KID_EDDSA),
+            Err(e) => errors.push(format!("ed-1: {e}")),
+        }
+        Err(errors)
+    }
 }
