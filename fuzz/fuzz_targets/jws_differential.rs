@@ -135,6 +135,18 @@ fn policy_difference(
     {
         return Some("duplicate member names (RFC 7515 §4: reject or last-wins; both allowed)");
     }
+    // RFC 7515 §4 and §7.2 step 2 (and RFC 8259 §8.1): the JOSE header and the claims are
+    // UTF-8 JSON. tokenbind refuses invalid UTF-8 anywhere in them; jwt-simple's typed
+    // structs skip the values of members they do not know without validating them, so a
+    // header like {"alg":"ES256","x":"\xff"} verifies there. Found by this target; pinned by
+    // filter/core/tests/fuzz_regressions.rs.
+    let not_utf8 = |part: &Option<Vec<u8>>| {
+        part.as_deref()
+            .is_some_and(|b| std::str::from_utf8(b).is_err())
+    };
+    if js_accepted && (not_utf8(&header) || not_utf8(&claims)) {
+        return Some("invalid UTF-8 in the header or claims (RFC 7515 §4, RFC 8259 §8.1)");
+    }
     let header = header.as_deref().and_then(json_object);
     let claims = claims.as_deref().and_then(json_object);
     if js_accepted {
