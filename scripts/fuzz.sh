@@ -62,7 +62,7 @@ passed=0
 for t in "${targets[@]}"; do
   corpus="$WORK/corpus/$t"
   artifacts="$WORK/artifacts/$t"
-  rm -rf "$corpus" && mkdir -p "$corpus" "$artifacts"
+  rm -rf "$corpus" "$artifacts" && mkdir -p "$corpus" "$artifacts"
   cp "seeds/$t"/* "$corpus/"
   log="$WORK/$t.log"
   set +e
@@ -87,7 +87,7 @@ for t in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     printf '%s: CRASH after %s execs (exit %s)\n' "$t" "$(human "$execs")" "$rc"
-    grep -E "panicked at|DISAGREEMENT|ERROR: libFuzzer|SUMMARY" "$log" | head -5 | sed 's/^/    /'
+    { grep -E "panicked at|DISAGREEMENT|ERROR: libFuzzer|SUMMARY" "$log" || true; } | head -5 | sed 's/^/    /'
     printf '    crash file: %s\n' "${crash:-<none written; see $log>}"
     printf '    reproduce:  (cd fuzz && cargo fuzz run --sanitizer none %s %s)\n' "$t" "${crash:-}"
     printf '    minimise:   (cd fuzz && cargo fuzz tmin --sanitizer none %s %s)\n' "$t" "${crash:-}"
