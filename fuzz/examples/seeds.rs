@@ -48,10 +48,7 @@ fn main() {
                 "wrong-aud",
                 json!({"aud": ["spiffe://cluster.local/ns/x/sa/y", AUDIENCE]}),
             ),
-            (
-                "cnf-x5t",
-                json!({"cnf": {"x5t#S256": "wd1BAr46fexc_OD05bwdPC-lRCHflshK6EI0PnS3yA8"}}),
-            ),
+            ("cnf-x5t", json!({"cnf": {"x5t#S256": CLIENT_X5T}})),
             ("cnf-jkt", json!({"cnf": {"jkt": jkt(s)}})),
             ("fractional", json!({"exp": (NOW + 3600) as f64 + 0.5})),
         ];
@@ -177,8 +174,8 @@ fn main() {
     }
 
     // ---- xfcc ----
-    let hash = "c1dd4102be3a7dec5cfce0f4e5bc1d3c2fa54421df96c84ae842343e74b7c80f";
-    let gw = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let hash = CLIENT_SHA256;
+    let gw = GATEWAY_SHA256;
     let xfcc = [
         format!("By={GATEWAY};Hash={hash};Subject=\"CN=client,O=a;b\";URI={CLIENT}"),
         format!("By={GATEWAY};Hash={hash};URI={CLIENT},By=spiffe://cluster.local/ns/default/sa/server;Hash={gw};URI={GATEWAY}"),
@@ -275,24 +272,22 @@ fn main() {
     // ---- engine: requests with valid tokens and proofs, peers and forwarders ----
     let client_hash = hash;
     let bearer = String::from_utf8(tokens[0].1.clone()).unwrap();
-    let peer = format!("@mtls=1\n@uri={CLIENT}\n@sha256={client_hash}\n");
+    let peer = format!("@mtls=1\n@uri={CLIENT}\n@sha256={client_hash}\n@pem=client\n");
     write(
         "engine",
         "bearer-spiffe",
         format!("{peer}authorization: Bearer {bearer}\n").as_bytes(),
     );
-    write("engine", "bearer-attacker", format!("@mtls=1\n@uri=spiffe://cluster.local/ns/default/sa/attacker\nauthorization: Bearer {bearer}\n").as_bytes());
+    write("engine", "bearer-attacker", format!("@mtls=1\n@uri=spiffe://cluster.local/ns/default/sa/attacker\n@sha256={ATTACKER_SHA256}\n@pem=attacker\nauthorization: Bearer {bearer}\n").as_bytes());
+    write("engine", "bearer-two-uri-sans", format!("@mtls=1\n@uri={CLIENT}\n@sha256={TWO_URI_SANS_SHA256}\n@pem=two-uri-sans\nauthorization: Bearer {bearer}\n").as_bytes());
     write("engine", "healthz", b":path: /healthz\n");
     write("engine", "no-token", format!("{peer}").as_bytes());
     let x5t = keys.token(
         es,
         header(es).to_string().as_bytes(),
-        with(
-            claims(),
-            json!({"cnf": {"x5t#S256": "wd1BAr46fexc_OD05bwdPC-lRCHflshK6EI0PnS3yA8"}}),
-        )
-        .to_string()
-        .as_bytes(),
+        with(claims(), json!({"cnf": {"x5t#S256": CLIENT_X5T}}))
+            .to_string()
+            .as_bytes(),
     );
     write(
         "engine",
@@ -300,7 +295,7 @@ fn main() {
         format!("{peer}authorization: Bearer {x5t}\n").as_bytes(),
     );
     write("engine", "xfcc-gateway", format!(
-        "@mtls=1\n@uri={GATEWAY}\n@sha256={gw}\nauthorization: Bearer {bearer}\nx-forwarded-client-cert: By={GATEWAY};Hash={client_hash};URI={CLIENT},By=spiffe://cluster.local/ns/default/sa/server;Hash={gw};URI={GATEWAY}\n").as_bytes());
+        "@mtls=1\n@uri={GATEWAY}\n@sha256={gw}\n@pem=gateway\nauthorization: Bearer {bearer}\nx-forwarded-client-cert: By={GATEWAY};Hash={client_hash};URI={CLIENT},By=spiffe://cluster.local/ns/default/sa/server;Hash={gw};URI={GATEWAY}\n").as_bytes());
     for s in Signer::ALL {
         let bound = keys.token(
             es,
@@ -362,6 +357,7 @@ fn main() {
         ("dpop-RS256", None),
         ("dpop-EdDSA", None),
         ("bearer-attacker", Some("spiffe_mismatch")),
+        ("bearer-two-uri-sans", Some("invalid_peer_svid")),
         ("dpop-nonce", Some("dpop_nonce_required")),
         ("dpop-as-bearer", Some("dpop_downgrade")),
         ("no-token", Some("missing_token")),

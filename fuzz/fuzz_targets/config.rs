@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             }
             let _ = d.reply(engine.config());
             let _ = d.counters(engine.config().mode);
-            let _ = engine.config().is_exempt("/healthz");
+            let _ = engine.config().is_exempt(Some("GET"), "/healthz");
         }
         Err(e) => {
             assert!(!e.message.is_empty(), "a config error without a message");

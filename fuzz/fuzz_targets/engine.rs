@@ -48,7 +48,10 @@ fn check(d: &tokenbind_core::Decision, host: &MockHost, config: &Config, now: u6
     use tokenbind_core::Host as _;
     match &d.outcome {
         Outcome::Exempt => {
-            assert!(config.is_exempt(&host.request_header(":path").unwrap_or_default()));
+            assert!(config.is_exempt(
+                host.request_header(":method").as_deref(),
+                &host.request_header(":path").unwrap_or_default()
+            ));
         }
         Outcome::Allow => {
             let auth = host

@@ -7,7 +7,7 @@ use tokenbind_core::peer::decode_hex32;
 use tokenbind_core::xfcc::{self, Forwarded};
 use tokenbind_core::Peer;
 
-const GATEWAY_HASH: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const GATEWAY_HASH: &str = tokenbind_fuzz::GATEWAY_SHA256;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = std::str::from_utf8(data) else {

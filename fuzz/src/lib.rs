@@ -21,7 +21,23 @@ use tokenbind_core::Config;
 pub const ISSUER: &str = "https://issuer.example";
 pub const AUDIENCE: &str = "spiffe://cluster.local/ns/default/sa/server";
 pub const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
-pub const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/gateway";
+pub const GATEWAY: &str = "spiffe://cluster.local/ns/istio-system/sa/ingressgateway";
+/// The client's and the gateway's X.509-SVID leaves (the core's test certificates), what
+/// Envoy's `connection.peer_certificate` returns for them, and their SHA-256 (hex).
+pub const CLIENT_PEM: &str = include_str!("../../filter/core/tests/data/svid/client.pem");
+pub const GATEWAY_PEM: &str = include_str!("../../filter/core/tests/data/svid/gateway.pem");
+pub const CLIENT_SHA256: &str = "5b89f15ef8917dc07457d7e0ff7b503b5db5fff675e10bb38883159cb3c5e82b";
+pub const GATEWAY_SHA256: &str = "356faca3570df7d2408a422ad04064a88acb267afcf783849ad3e03a96366436";
+pub const ATTACKER_PEM: &str = include_str!("../../filter/core/tests/data/svid/attacker.pem");
+pub const ATTACKER_SHA256: &str =
+    "1109d97d26971756f7a53501ac901c255f88756297a34491c8fcbb1bf978b309";
+/// Not an X.509-SVID: URI SANs for the client and then the attacker.
+pub const TWO_URI_SANS_PEM: &str =
+    include_str!("../../filter/core/tests/data/svid/two-uri-sans.pem");
+pub const TWO_URI_SANS_SHA256: &str =
+    "798546220447159b268e9e985e61a75b5fd59d87e4b2522fccda0b72f99aa060";
+/// base64url(SHA-256) of the client's leaf: its RFC 8705 `x5t#S256`.
+pub const CLIENT_X5T: &str = "W4nxXviRfcB0V9fg_3tQO121__Z14QuziIMVnLPF6Cs";
 /// The fuzzers' clock: every seed token is valid at this instant.
 pub const NOW: u64 = 1_750_000_000;
 pub const KID_ES256: &str = "es-1";
@@ -263,7 +279,8 @@ pub fn config_json() -> Value {
         }],
         "spiffe": {"claim": "sub", "trust_domains": ["cluster.local"]},
         "trusted_forwarders": [GATEWAY],
-        "exempt_paths": ["/healthz"],
+        "exempt_paths": ["/healthz", {"exact": "/ready", "methods": ["GET", "HEAD"]}],
+        "cache": {"svid_max_entries": 64, "svid_ttl_seconds": 600},
         "dpop": {},
         "crypto": "wasm"
     })
@@ -371,6 +388,7 @@ pub fn engine_input(data: &[u8]) -> (tokenbind_core::MockHost, u8, u64) {
     let text = String::from_utf8_lossy(data);
     let mut host = MockHost::new();
     let (mut mtls, mut uri, mut sha) = (None::<Vec<u8>>, None::<String>, None::<String>);
+    let mut pem: Option<Vec<u8>> = None;
     let (mut config_n, mut now, mut nonce_key) = (0u8, NOW, false);
     for line in text.split('\n') {
         if let Some(control) = line.strip_prefix('@') {
@@ -384,6 +402,18 @@ pub fn engine_input(data: &[u8]) -> (tokenbind_core::MockHost, u8, u64) {
                 "mtls" => mtls = Some(vec![u8::from(v.trim() == "1")]),
                 "uri" => uri = Some(v.to_owned()),
                 "sha256" => sha = Some(v.to_owned()),
+                // The peer's leaf: `client`, `gateway`, `attacker` (valid SVIDs), `two-uri-sans`
+                // (not one), anything else as PEM
+                // text with `\n` for line breaks.
+                "pem" => {
+                    pem = Some(match v.trim() {
+                        "client" => CLIENT_PEM.as_bytes().to_vec(),
+                        "gateway" => GATEWAY_PEM.as_bytes().to_vec(),
+                        "attacker" => ATTACKER_PEM.as_bytes().to_vec(),
+                        "two-uri-sans" => TWO_URI_SANS_PEM.as_bytes().to_vec(),
+                        other => other.replace("\\n", "\n").into_bytes(),
+                    })
+                }
                 "tls" => host = host.with_tls(v.trim() == "1"),
                 "nonce-key" => nonce_key = true,
                 _ => {}
@@ -394,11 +424,14 @@ pub fn engine_input(data: &[u8]) -> (tokenbind_core::MockHost, u8, u64) {
             host = host.with_header(name, value);
         }
     }
-    host.set_peer(Peer::from_attributes(
-        mtls.as_deref(),
-        uri.as_deref().map(str::as_bytes),
-        sha.as_deref().map(str::as_bytes),
-    ));
+    host.set_peer(
+        Peer::from_attributes(
+            mtls.as_deref(),
+            uri.as_deref().map(str::as_bytes),
+            sha.as_deref().map(str::as_bytes),
+        )
+        .with_certificate_pem(pem),
+    );
     if nonce_key {
         tokenbind_core::nonce::ensure_key(&host.shared, &[42u8; 32]);
     }
