@@ -1,5 +1,6 @@
 //! JWKS documents: `KeySet::from_json`, and every key object through `jwk::thumbprint` and
-//! `jwk::parse_public_jwk`. Invariants: the cap on keys holds, parsing text and parsing the
+//! `jwk::parse_public_jwk`. Invariants: a duplicate member refuses the document; the cap on
+//! keys holds, parsing text and parsing the
 //! same JSON value agree, and a key that parses has a thumbprint that is stable.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -10,6 +11,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let parsed = KeySet::from_json(text);
+    // A document with a member name twice in one object is refused as a whole (the strict
+    // parse, `json.rs`), whatever a last-wins reading of it would give.
+    if let Err(tokenbind_core::json::JsonError::Duplicate(_)) = tokenbind_core::json::from_str(text)
+    {
+        assert!(
+            parsed.is_err(),
+            "a JWKS with a duplicate member was accepted"
+        );
+        return;
+    }
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         let from_value = KeySet::from_value(&value);
         assert_eq!(

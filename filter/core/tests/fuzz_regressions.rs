@@ -107,3 +107,14 @@ fn claims_with_invalid_utf8_are_malformed() {
         ))
     );
 }
+
+/// `jwks`, crash-db6a9556…: a JWKS whose fourth key has `use` twice. The target read the
+/// document last-wins and expected the filter's answer for that reading; the filter refuses
+/// the whole document instead (one meaning per document, README), and names the member.
+#[test]
+fn a_jwks_with_a_duplicate_member_is_refused_whole() {
+    let text = include_str!("../../../fuzz/seeds/jwks/duplicate-use");
+    let err = tokenbind_core::jwk::KeySet::from_json(text).unwrap_err();
+    assert!(err.message.contains("duplicate member"), "{err:?}");
+    assert!(err.message.contains("/keys/3/use"), "{err:?}");
+}
