@@ -3,10 +3,11 @@
 //! Bounded two ways: a hard cap on entries, and expiry at the token's own `exp` (plus skew).
 //! When full, expired entries go first, then the entry closest to expiry. Both lookups and
 //! evictions are O(log n), so a flood of unique tokens costs the same per request as a trickle.
+//! The bounding and eviction are [`ExpiringMap`]'s.
 
+use crate::expiring::ExpiringMap;
 use crate::jwt::TokenFacts;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
 /// The cache key: SHA-256 of the token's bytes. The token itself is never stored.
@@ -16,91 +17,52 @@ pub fn token_hash(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Verified facts by token hash, each until its `valid_until`.
 #[derive(Debug)]
 pub struct TokenCache {
-    max_entries: usize,
-    entries: HashMap<TokenHash, Rc<TokenFacts>>,
-    /// (valid_until, key), ordered by expiry: the eviction queue.
-    by_expiry: BTreeSet<(u64, TokenHash)>,
+    map: ExpiringMap<TokenHash, Rc<TokenFacts>>,
 }
 
 impl TokenCache {
     pub fn new(max_entries: usize) -> Self {
         TokenCache {
-            max_entries,
-            entries: HashMap::with_capacity(max_entries.min(1024)),
-            by_expiry: BTreeSet::new(),
+            map: ExpiringMap::new(max_entries),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.map.is_empty()
     }
 
     pub fn capacity(&self) -> usize {
-        self.max_entries
+        self.map.capacity()
     }
 
     /// Returns the facts for a token that is still valid at `now`; an expired entry is
     /// removed and reported as a miss, so the caller re-verifies and gets a precise reason.
     pub fn get(&mut self, key: &TokenHash, now: u64) -> Option<Rc<TokenFacts>> {
-        let facts = self.entries.get(key)?;
-        if now < facts.valid_until {
-            return Some(Rc::clone(facts));
-        }
-        let valid_until = facts.valid_until;
-        self.entries.remove(key);
-        self.by_expiry.remove(&(valid_until, *key));
-        None
+        self.map.get(key, now)
     }
 
     /// Inserts verified facts, evicting to stay within the cap.
     pub fn insert(&mut self, key: TokenHash, facts: Rc<TokenFacts>, now: u64) {
-        if self.max_entries == 0 || now >= facts.valid_until {
-            return;
-        }
-        if let Some(old) = self.entries.remove(&key) {
-            self.by_expiry.remove(&(old.valid_until, key));
-        }
-        self.purge_expired(now);
-        while self.entries.len() >= self.max_entries {
-            let Some(first) = self.by_expiry.pop_first() else {
-                break;
-            };
-            self.entries.remove(&first.1);
-        }
-        self.by_expiry.insert((facts.valid_until, key));
-        self.entries.insert(key, facts);
+        let valid_until = facts.valid_until;
+        self.map.insert(key, facts, valid_until, now);
     }
 
     /// Drops every entry for which `keep` is false (for example tokens verified by a key that
     /// was withdrawn). Returns how many were dropped. O(n): runs only when keys change.
     pub fn retain(&mut self, keep: impl Fn(&TokenFacts) -> bool) -> usize {
-        let before = self.entries.len();
-        let by_expiry = &mut self.by_expiry;
-        self.entries.retain(|key, facts| {
-            let kept = keep(facts);
-            if !kept {
-                by_expiry.remove(&(facts.valid_until, *key));
-            }
-            kept
-        });
-        before - self.entries.len()
+        self.map.retain(|_, facts| keep(facts))
     }
 
     /// Drops every entry whose token has expired at `now`.
     pub fn purge_expired(&mut self, now: u64) {
-        while let Some(&(valid_until, key)) = self.by_expiry.first() {
-            if valid_until > now {
-                break;
-            }
-            self.by_expiry.pop_first();
-            self.entries.remove(&key);
-        }
+        self.map.purge_expired(now);
     }
 }
 
@@ -132,7 +94,7 @@ mod tests {
         assert!(c.get(&key(1), 99).is_some());
         assert!(c.get(&key(1), 100).is_none());
         assert_eq!(c.len(), 0);
-        assert!(c.by_expiry.is_empty());
+        assert_eq!(c.map.index_len(), 0);
     }
 
     #[test]
@@ -141,7 +103,7 @@ mod tests {
         for i in 0..50_000 {
             c.insert(key(i), facts(1_000 + u64::from(i % 7)), 10);
             assert!(c.len() <= 1000);
-            assert_eq!(c.len(), c.by_expiry.len());
+            assert_eq!(c.len(), c.map.index_len());
         }
         assert_eq!(c.len(), 1000);
     }
@@ -177,7 +139,7 @@ mod tests {
         c.insert(key(1), facts(100), 0);
         c.insert(key(1), facts(200), 0);
         assert_eq!(c.len(), 1);
-        assert_eq!(c.by_expiry.len(), 1);
+        assert_eq!(c.map.index_len(), 1);
         assert!(c.get(&key(1), 150).is_some());
     }
 

@@ -8,6 +8,7 @@
 //! - [`svid`]: is the caller's certificate an X.509-SVID leaf.
 //! - [`dpop`], [`replay`], [`nonce`], [`uri`]: RFC 9449 proof-of-possession.
 //! - [`cache`]: the verified-token cache.
+//! - [`expiring`]: the bounded, expiring map under every per-VM verdict cache.
 //! - [`paths`]: which normalised path a request names, and which path entries it matches.
 //! - [`engine`]: one request, one [`engine::Decision`].
 //! - [`reason`], [`response`], [`metrics`]: one enum of denial reasons feeding replies,
@@ -19,6 +20,7 @@ pub mod config;
 pub mod crypto;
 pub mod dpop;
 pub mod engine;
+pub mod expiring;
 pub mod extract;
 pub mod host;
 pub mod json;

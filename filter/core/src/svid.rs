@@ -21,10 +21,10 @@
 //! list.) The TLS handshake has already proved that the key signs. Validity dates are Envoy's
 //! (path validation); they only bound how long a verdict is cached.
 
+use crate::expiring::ExpiringMap;
 use crate::spiffe::{SpiffeId, SpiffeIdError};
 use der::Decode;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName};
@@ -218,40 +218,29 @@ pub type Verdict = Result<SpiffeId, SvidError>;
 /// parse, never a wrong answer.
 #[derive(Debug)]
 pub struct SvidCache {
-    max_entries: usize,
     ttl: u64,
-    entries: HashMap<[u8; 32], (u64, Verdict)>,
-    by_expiry: BTreeSet<(u64, [u8; 32])>,
+    map: ExpiringMap<[u8; 32], Verdict>,
 }
 
 impl SvidCache {
     pub fn new(max_entries: usize, ttl_seconds: u64) -> Self {
         SvidCache {
-            max_entries,
             ttl: ttl_seconds,
-            entries: HashMap::with_capacity(max_entries.min(1024)),
-            by_expiry: BTreeSet::new(),
+            map: ExpiringMap::new(max_entries),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.map.is_empty()
     }
 
     /// The verdict for a certificate digest, if cached and not expired at `now`.
     pub fn get(&mut self, digest: &[u8; 32], now: u64) -> Option<Verdict> {
-        let (expires, verdict) = self.entries.get(digest)?;
-        if now < *expires {
-            return Some(verdict.clone());
-        }
-        let expires = *expires;
-        self.entries.remove(digest);
-        self.by_expiry.remove(&(expires, *digest));
-        None
+        self.map.get(digest, now)
     }
 
     /// Records the verdict for the certificate with `digest` (whose `notAfter` is `not_after`
@@ -259,27 +248,7 @@ impl SvidCache {
     pub fn insert(&mut self, digest: [u8; 32], verdict: Verdict, not_after: Option<u64>, now: u64) {
         let ttl_end = now.saturating_add(self.ttl);
         let expires = not_after.map_or(ttl_end, |n| n.min(ttl_end));
-        if self.max_entries == 0 || expires <= now {
-            return;
-        }
-        if let Some((old, _)) = self.entries.remove(&digest) {
-            self.by_expiry.remove(&(old, digest));
-        }
-        while let Some(&(at, key)) = self.by_expiry.first() {
-            if at > now {
-                break;
-            }
-            self.by_expiry.pop_first();
-            self.entries.remove(&key);
-        }
-        while self.entries.len() >= self.max_entries {
-            let Some((_, key)) = self.by_expiry.pop_first() else {
-                break;
-            };
-            self.entries.remove(&key);
-        }
-        self.by_expiry.insert((expires, digest));
-        self.entries.insert(digest, (expires, verdict));
+        self.map.insert(digest, verdict, expires, now);
     }
 }
 
@@ -306,7 +275,7 @@ mod tests {
             };
             c.insert(digest(i), verdict, Some(10_000 + u64::from(i % 11)), 10);
             assert!(c.len() <= 100);
-            assert_eq!(c.len(), c.by_expiry.len());
+            assert_eq!(c.len(), c.map.index_len());
         }
         assert_eq!(c.len(), 100);
         // Whatever survived still answers with its own verdict; the newest is always there.
@@ -336,7 +305,7 @@ mod tests {
         // Already expired: not stored.
         c.insert(digest(4), Ok(id("spiffe://td/a")), Some(5), 5);
         assert!(c.is_empty());
-        assert!(c.by_expiry.is_empty());
+        assert_eq!(c.map.index_len(), 0);
     }
 
     #[test]
