@@ -88,7 +88,7 @@ fn iss_and_sub_must_be_strings() {
         }
     }
     // With SPIFFE binding off, `sub` is still read (the subject in logs and metadata).
-    let off = engine(&keys, json!({"spiffe": null}));
+    let off = common::engine(&keys, json!({"spiffe": null}));
     let t = signed(&keys, &claims_with("sub", json!(42)));
     assert_eq!(decide(&off, &t), malformed("sub claim is not a string"));
 }
