@@ -161,9 +161,17 @@ fn policy_difference(
             "a DPoP proof is not an access token" => Some("typ dpop+jwt refused (RFC 8725 §3.11)"),
             // RFC 7800 §3.1: cnf is a JSON object; RFC 9449 §6.1: jkt is a string. jwt-simple
             // does not look at cnf.
-            "cnf claim is not a JSON object" | "cnf.jkt is not a string" => {
-                Some("cnf malformed (RFC 7800 §3.1)")
-            }
+            "cnf claim is not a JSON object"
+            | "cnf.jkt is not a string"
+            | "cnf.x5t#S256 is not a string" => Some("cnf malformed (RFC 7800 §3.1)"),
+            // RFC 7519 §4.1.2: sub is a StringOrURI. jwt-simple reads `"sub": null` as no sub
+            // (an `Option`); tokenbind refuses a null like any other non-string. Every other
+            // non-string sub both refuse.
+            "sub claim is not a string" => claims
+                .as_ref()
+                .and_then(|c| c.get("sub"))
+                .filter(|v| v.is_null())
+                .map(|_| "sub: null refused (RFC 7519 §4.1.2: a StringOrURI)"),
             // RFC 7519 §4.1.4: the current time MUST be before exp (plus leeway): tokenbind
             // refuses at exp + leeway exactly, jwt-simple still accepts that second.
             "exp is in the past" => claims
@@ -217,19 +225,14 @@ fn policy_difference(
         if odd_date {
             return Some("non-integer NumericDate (RFC 7519 §2 allows it)");
         }
-        // Claims jwt-simple types and tokenbind treats as absent when not strings (sub: then no
-        // SPIFFE ID, which binding refuses; jti and nonce: not read for access tokens).
-        let odd_string = ["sub", "jti", "nonce"]
+        // Claims jwt-simple types and tokenbind does not read for access tokens: a non-string
+        // jti or nonce. (A non-string sub or aud member both refuse: tokenbind types every
+        // registered claim it reads, see filter/core/tests/claim_types.rs.)
+        if ["jti", "nonce"]
             .iter()
-            .any(|m| c.get(*m).is_some_and(|v| !v.is_string()));
-        // RFC 7519 §4.1.3: aud is a string or an array of strings. tokenbind matches the string
-        // members of an array and ignores the rest; jwt-simple refuses the whole claims set.
-        let odd_aud = c
-            .get("aud")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.iter().all(Value::is_string));
-        if odd_string || odd_aud {
-            return Some("a claim of a type jwt-simple refuses and tokenbind ignores");
+            .any(|m| c.get(*m).is_some_and(|v| !v.is_string() && !v.is_null()))
+        {
+            return Some("a claim of a type jwt-simple refuses and tokenbind does not read");
         }
     }
     None

@@ -82,7 +82,7 @@ pub fn check(
             SpiffeClaim::Missing | SpiffeClaim::Off => {
                 return Err(Denial::new(
                     Reason::InvalidSpiffeId,
-                    "the SPIFFE claim is missing or not a string",
+                    "the SPIFFE claim is missing",
                 ))
             }
             SpiffeClaim::Invalid(e) => {

@@ -19,7 +19,7 @@ use std::rc::Rc;
 pub enum SpiffeClaim {
     /// SPIFFE binding is not configured.
     Off,
-    /// The configured claim is absent or not a string.
+    /// The configured claim is absent (a value of another type is a `malformed_token`).
     Missing,
     Invalid(SpiffeIdError),
     Valid(SpiffeId),
@@ -191,45 +191,98 @@ pub(crate) fn split_strict(token: &str) -> Result<Jws<'_>, JwsError> {
     })
 }
 
-/// A NumericDate (RFC 7519 §2): a JSON number of seconds, possibly fractional.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, Denial> {
+/// A NumericDate (RFC 7519 §2): a JSON number of seconds, possibly fractional, not negative.
+/// Any other value (a string, `null`, an array ...) is a malformed token, `detail` naming the
+/// claim.
+fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+    detail: &'static str,
+) -> Result<Option<u64>, Denial> {
     match claims.get(name) {
         None => Ok(None),
         Some(v) => match v.as_f64() {
             Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
-            _ => Err(deny(
-                Reason::MalformedToken,
-                "a time claim is not a NumericDate",
-            )),
+            _ => Err(deny(Reason::MalformedToken, detail)),
         },
     }
 }
 
-fn string_claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    claims.get(name).and_then(Value::as_str)
-}
-
-/// Follows a dotted claim path (`a.b.c`) through nested objects.
-fn claim_at<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut value = claims.get(first)?;
-    for segment in rest {
-        value = value.as_object()?.get(segment)?;
+/// A claim that is a string when present (`iss`, `sub`: a StringOrURI, RFC 7519 §2). Any other
+/// value, `null` included, is a malformed token, `detail` naming the claim (never its value).
+fn string_claim<'a>(
+    claims: &'a Map<String, Value>,
+    name: &str,
+    detail: &'static str,
+) -> Result<Option<&'a str>, Denial> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(deny(Reason::MalformedToken, detail)),
     }
-    Some(value)
 }
 
-fn spiffe_claim(claims: &Map<String, Value>, binding: Option<&SpiffeBinding>) -> SpiffeClaim {
+/// `aud` (RFC 7519 §4.1.3): a StringOrURI or an array of them. An array with any member of
+/// another type is refused whole, not matched on its string members.
+fn audiences(claims: &Map<String, Value>) -> Result<Vec<&str>, Denial> {
+    match claims.get("aud") {
+        None => Ok(Vec::new()),
+        Some(Value::String(a)) => Ok(vec![a.as_str()]),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_str().ok_or(deny(
+                    Reason::MalformedToken,
+                    "aud array has a member that is not a string",
+                ))
+            })
+            .collect(),
+        Some(_) => Err(deny(
+            Reason::MalformedToken,
+            "aud claim is not a string or an array of strings",
+        )),
+    }
+}
+
+/// The configured SPIFFE claim, followed along its dotted path (`a.b.c`) through nested
+/// objects. Absent (anywhere on the path) is [`SpiffeClaim::Missing`]; a value of the wrong
+/// type (on the path: not an object; at its end: not a string) is a malformed token.
+fn spiffe_claim(
+    claims: &Map<String, Value>,
+    binding: Option<&SpiffeBinding>,
+) -> Result<SpiffeClaim, Denial> {
     let Some(binding) = binding else {
-        return SpiffeClaim::Off;
+        return Ok(SpiffeClaim::Off);
     };
-    match claim_at(claims, &binding.claim).and_then(Value::as_str) {
+    let Some((first, rest)) = binding.claim.split_first() else {
+        return Ok(SpiffeClaim::Missing);
+    };
+    let mut value = claims.get(first);
+    for segment in rest {
+        value = match value {
+            None => None,
+            Some(Value::Object(members)) => members.get(segment),
+            Some(_) => {
+                return Err(deny(
+                    Reason::MalformedToken,
+                    "a claim on the spiffe.claim path is not a JSON object",
+                ))
+            }
+        };
+    }
+    Ok(match value {
         None => SpiffeClaim::Missing,
-        Some(s) => match SpiffeId::parse(s) {
+        Some(Value::String(s)) => match SpiffeId::parse(s) {
             Ok(id) => SpiffeClaim::Valid(id),
             Err(e) => SpiffeClaim::Invalid(e),
         },
-    }
+        Some(_) => {
+            return Err(deny(
+                Reason::MalformedToken,
+                "the SPIFFE claim (spiffe.claim) is not a string",
+            ))
+        }
+    })
 }
 
 fn confirmation(claims: &Map<String, Value>) -> Result<Confirmation, Denial> {
@@ -246,10 +299,15 @@ fn confirmation(claims: &Map<String, Value>) -> Result<Confirmation, Denial> {
     for (name, value) in members {
         match name.as_str() {
             "x5t#S256" => {
+                // RFC 8705 §3.1: a base64url string. Not a string: malformed; a string that is
+                // not a SHA-256 digest: kept, so binding refuses it as a thumbprint mismatch.
+                let Some(x5t) = value.as_str() else {
+                    return Err(deny(Reason::MalformedToken, "cnf.x5t#S256 is not a string"));
+                };
                 cnf.x5t_s256 = Some(
-                    value
-                        .as_str()
-                        .and_then(|s| URL_SAFE_NO_PAD.decode(s).ok())
+                    URL_SAFE_NO_PAD
+                        .decode(x5t)
+                        .ok()
                         .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
                         .ok_or(()),
                 );
@@ -270,20 +328,42 @@ fn confirmation(claims: &Map<String, Value>) -> Result<Confirmation, Denial> {
     Ok(cnf)
 }
 
-fn audience_matches(claims: &Map<String, Value>, provider: &Provider) -> bool {
-    let accepted = |a: &str| provider.audiences.iter().any(|want| want == a);
-    match claims.get("aud") {
-        Some(Value::String(a)) => accepted(a),
-        Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(accepted),
-        _ => false,
-    }
+/// The registered claims this filter reads once the signature verified, each of its RFC 7519
+/// (or RFC 7800, RFC 8705, RFC 9449) JSON type. `iss` is read earlier, to pick the provider;
+/// `jti` is not read for access tokens.
+struct Registered<'c> {
+    sub: Option<&'c str>,
+    aud: Vec<&'c str>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    spiffe: SpiffeClaim,
+    cnf: Confirmation,
+}
+
+/// Reads every registered claim before any of their values is judged: a claim of the wrong JSON
+/// type makes the token malformed, whatever else is wrong with it, and is never taken as absent
+/// (which would leave another check to refuse it with a misleading reason, or let it pass).
+fn registered<'c>(
+    claims: &'c Map<String, Value>,
+    spiffe: Option<&SpiffeBinding>,
+) -> Result<Registered<'c>, Denial> {
+    Ok(Registered {
+        sub: string_claim(claims, "sub", "sub claim is not a string")?,
+        aud: audiences(claims)?,
+        exp: numeric_date(claims, "exp", "exp claim is not a NumericDate")?,
+        nbf: numeric_date(claims, "nbf", "nbf claim is not a NumericDate")?,
+        iat: numeric_date(claims, "iat", "iat claim is not a NumericDate")?,
+        spiffe: spiffe_claim(claims, spiffe)?,
+        cnf: confirmation(claims)?,
+    })
 }
 
 fn select_provider<'c>(
     config: &'c Config,
     claims: &Map<String, Value>,
 ) -> Result<(usize, &'c Provider), Denial> {
-    let Some(iss) = string_claim(claims, "iss") else {
+    let Some(iss) = string_claim(claims, "iss", "iss claim is not a string")? else {
         return Err(deny(Reason::UnknownIssuer, "token has no iss claim"));
     };
     config
@@ -405,26 +485,25 @@ fn verify_routed(
     };
     let key = *verified_by.key.fingerprint();
 
-    // Time claims (RFC 7519 §4.1.4-6), with the provider's clock skew.
+    // Claim types first (RFC 7519 §4.1), then their values: time claims (RFC 7519 §4.1.4-6)
+    // with the provider's clock skew, and the audience.
+    let claims = registered(&jws.claims, config.spiffe.as_ref())?;
     let skew = provider.clock_skew_seconds;
-    let Some(exp) = numeric_date(&jws.claims, "exp")? else {
+    let Some(exp) = claims.exp else {
         return Err(deny(Reason::MalformedToken, "token has no exp claim"));
     };
     let valid_until = exp.saturating_add(skew);
     if now >= valid_until {
         return Err(deny(Reason::Expired, "exp is in the past"));
     }
-    if let Some(nbf) = numeric_date(&jws.claims, "nbf")? {
-        if nbf > now.saturating_add(skew) {
-            return Err(deny(Reason::NotYetValid, "nbf is in the future"));
-        }
+    if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+        return Err(deny(Reason::NotYetValid, "nbf is in the future"));
     }
-    if let Some(iat) = numeric_date(&jws.claims, "iat")? {
-        if iat > now.saturating_add(skew) {
-            return Err(deny(Reason::NotYetValid, "iat is in the future"));
-        }
+    if claims.iat.is_some_and(|iat| iat > now.saturating_add(skew)) {
+        return Err(deny(Reason::NotYetValid, "iat is in the future"));
     }
-    if !audience_matches(&jws.claims, provider) {
+    let accepted = |a: &&str| provider.audiences.iter().any(|want| want == a);
+    if !claims.aud.iter().any(accepted) {
         return Err(deny(
             Reason::AudienceMismatch,
             "no aud value is accepted by the provider",
@@ -434,10 +513,10 @@ fn verify_routed(
     Ok(TokenFacts {
         provider: provider_index,
         issuer: provider.issuer.clone(),
-        subject: string_claim(&jws.claims, "sub").map(str::to_owned),
+        subject: claims.sub.map(str::to_owned),
         valid_until,
         key,
-        spiffe: spiffe_claim(&jws.claims, config.spiffe.as_ref()),
-        cnf: confirmation(&jws.claims)?,
+        spiffe: claims.spiffe,
+        cnf: claims.cnf,
     })
 }
