@@ -128,12 +128,14 @@ fn policy_difference(
     let header = decode_part(token, 0);
     let claims = decode_part(token, 1);
     // RFC 7515 §4 and RFC 7519 §4: a parser must either reject duplicate member names or keep
-    // the lexically last one. tokenbind keeps the last (serde_json maps); jwt-simple's typed
-    // structs reject a repeated field.
+    // the lexically last one. tokenbind refuses every duplicate, at any depth (json.rs);
+    // jwt-simple's typed structs reject a repeated known field but skip repeated unknown ones.
     if header.as_deref().is_some_and(has_duplicate_members)
         || claims.as_deref().is_some_and(has_duplicate_members)
     {
-        return Some("duplicate member names (RFC 7515 §4: reject or last-wins; both allowed)");
+        return Some(
+            "duplicate member names (RFC 7515 §4: reject or last-wins; tokenbind rejects)",
+        );
     }
     // RFC 7515 §4 and §7.2 step 2 (and RFC 8259 §8.1): the JOSE header and the claims are
     // UTF-8 JSON. tokenbind refuses invalid UTF-8 anywhere in them; jwt-simple's typed
