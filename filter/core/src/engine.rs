@@ -321,8 +321,8 @@ impl Engine {
         };
 
         let mut peer = host.peer(self.peer_want(&facts));
-        if self.config.spiffe.is_some() && peer.has_certificate() {
-            peer.svid = Some(self.peer_svid(host, &peer, now));
+        if self.config.spiffe.is_some() {
+            self.check_svid(host, &mut peer, now);
         }
         let peer = self.effective_peer(host, peer, now, &mut decision);
         let mut nonce_to_send = None;
@@ -357,6 +357,14 @@ impl Engine {
             uri_san: spiffe || forwarders || self.config.emit_filter_state,
             digest: facts.cnf.x5t_s256.is_some() || forwarders || spiffe,
             certificate: false,
+        }
+    }
+
+    /// Sets `peer.svid` ([`Engine::peer_svid`]) once: not again if it is set, not at all without
+    /// a certificate.
+    fn check_svid(&self, host: &dyn Host, peer: &mut Peer, now: u64) {
+        if peer.svid.is_none() && peer.has_certificate() {
+            peer.svid = Some(self.peer_svid(host, peer, now));
         }
     }
 
@@ -419,9 +427,7 @@ impl Engine {
         if forwarded == Forwarded::Nothing {
             return peer;
         }
-        if peer.svid.is_none() && peer.has_certificate() {
-            peer.svid = Some(self.peer_svid(host, &peer, now));
-        }
+        self.check_svid(host, &mut peer, now);
         let trusted = matches!(&peer.svid, Some(Ok(id))
             if self.config.trusted_forwarders.iter().any(|t| t == id.as_str()));
         if !trusted {
