@@ -1,21 +1,29 @@
-//! One request, one decision: extract → (cache | verify) → bind. Plain Rust: the engine asks the
-//! [`Host`] for exactly the inputs a decision needs, and the adapter acts on the result.
+//! One request, one decision: extract → (cache | verify) → bind → decide. Plain Rust: the engine
+//! asks the [`Host`] for exactly the inputs a decision needs, and returns a [`Decision`];
+//! [`crate::effects`] maps it to counters, filter state, the log line and the reply, which the
+//! adapter carries out.
+//!
+//! The engine never blocks on the host. A token whose remote provider has no keys yet (or does
+//! not know its `kid` while a refetch is coming) is decided as [`Outcome::AwaitKeys`]: the
+//! engine's [`Fetcher`] holds the request, and wakes it from [`Engine::tick`] or
+//! [`Engine::fetch_response`] when the keys arrive or its deadline passes. The adapter then makes
+//! the request's second and last attempt, which never waits.
 
 use crate::binding::{self, Bindings};
 use crate::cache::{token_hash, TokenCache, TokenHash};
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::crypto::Crypto;
 use crate::dpop::{self, ProofKeyCache, ProofRequest};
 use crate::extract::{self, Scheme};
-use crate::host::Host;
+use crate::fetcher::{Fetcher, KeyEvent, Missing, Wait};
+use crate::host::{FetchHost, Host, SharedData};
 use crate::jwk::KeySet;
-use crate::jwt::{self, TokenFacts};
-use crate::metrics::Counter;
+use crate::jwt::{self, TokenFacts, VerifyError};
 use crate::nonce;
 use crate::peer::{Peer, PeerWant};
 use crate::reason::{Denial, Reason};
+use crate::remote::FetchResponse;
 use crate::replay::{ReplayError, ReplayStore};
-use crate::response::{self, Challenge, Reply};
 use crate::svid::{self, SvidCache, SvidError, Verdict};
 use crate::uri;
 use std::cell::RefCell;
@@ -45,6 +53,11 @@ pub enum Outcome {
     Exempt,
     Allow,
     Deny(Denial),
+    /// Not decided yet: the request is held until `provider`'s keys arrive or its deadline
+    /// passes (only when the attempt allowed waiting, see [`Attempt`]).
+    AwaitKeys {
+        provider: usize,
+    },
 }
 
 /// What the filter did with `x-forwarded-client-cert`.
@@ -89,6 +102,40 @@ pub struct Decision {
     pub xfcc: Xfcc,
     /// The trusted forwarder's SPIFFE ID, when its XFCC was used.
     pub forwarded_by: Option<String>,
+    /// What happened to remote keys while deciding (keys another VM fetched were installed, a
+    /// refetch was granted, the wait list was full), for counters and logs.
+    pub key_events: Vec<KeyEvent>,
+}
+
+/// One attempt at deciding a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The clock, Unix milliseconds.
+    pub now_ms: u64,
+    /// The request's context id when it may be held for keys ([`Outcome::AwaitKeys`]); `None`
+    /// for a final attempt, which always allows or denies.
+    pub hold_as: Option<u32>,
+}
+
+impl Attempt {
+    /// A final attempt at `now` (Unix seconds): it never waits.
+    pub const fn final_at(now: u64) -> Attempt {
+        Attempt {
+            now_ms: now.saturating_mul(1000),
+            hold_as: None,
+        }
+    }
+}
+
+/// Timer work for the adapter: events to count and log, requests to decide again, and how
+/// fast to tick.
+#[derive(Debug, Default)]
+pub struct Work {
+    pub events: Vec<KeyEvent>,
+    /// Held requests (context ids) that can be decided now, each with a final attempt.
+    pub wake: Vec<u32>,
+    /// Keys missing, a fetch under way or requests waiting: tick fast.
+    pub busy: bool,
 }
 
 impl Decision {
@@ -105,6 +152,7 @@ impl Decision {
             provider: None,
             xfcc: Xfcc::Absent,
             forwarded_by: None,
+            key_events: Vec::new(),
         }
     }
 
@@ -113,68 +161,6 @@ impl Decision {
             Outcome::Deny(d) => Some(*d),
             _ => None,
         }
-    }
-
-    /// The counters this decision increments under `mode`.
-    pub fn counters(&self, mode: Mode) -> [Option<Counter>; 3] {
-        let cache = match self.cache {
-            CacheUse::Hit => Some(Counter::CacheHit),
-            CacheUse::Miss => Some(Counter::CacheMiss),
-            CacheUse::NotConsulted => None,
-        };
-        let verdict = match (&self.outcome, mode) {
-            (Outcome::Exempt, _) => Counter::Exempt,
-            (Outcome::Allow, _) => Counter::Allowed,
-            (Outcome::Deny(d), Mode::Enforce) => Counter::Denied(d.reason),
-            (Outcome::Deny(d), Mode::Monitor) => Counter::WouldDeny(d.reason),
-        };
-        let xfcc = match self.xfcc {
-            Xfcc::Absent => None,
-            Xfcc::Used => Some(Counter::XfccUsed),
-            Xfcc::Untrusted => Some(Counter::XfccUntrusted),
-            Xfcc::Invalid => Some(Counter::XfccInvalid),
-        };
-        [cache, Some(verdict), xfcc]
-    }
-
-    /// The decision as a word for logs and filter state.
-    pub fn verdict(&self, mode: Mode) -> &'static str {
-        match (&self.outcome, mode) {
-            (Outcome::Exempt, _) => "exempt",
-            (Outcome::Allow, _) => "allow",
-            (Outcome::Deny(_), Mode::Enforce) => "deny",
-            (Outcome::Deny(_), Mode::Monitor) => "would_deny",
-        }
-    }
-
-    /// The local reply to send, if any: only an enforce-mode denial answers.
-    pub fn reply(&self, config: &Config) -> Option<Reply> {
-        match (&self.outcome, config.mode) {
-            (Outcome::Deny(d), Mode::Enforce) => {
-                let algs = config.dpop.algs_param();
-                let challenge = Challenge {
-                    realm: &config.realm,
-                    dpop_scheme: self.scheme == Some(Scheme::DPoP),
-                    dpop_algs: &algs,
-                };
-                Some(response::unauthorized(
-                    d.reason,
-                    &challenge,
-                    self.dpop_nonce.as_deref(),
-                ))
-            }
-            _ => None,
-        }
-    }
-
-    /// A short, non-reversible tag for correlating a token across log lines.
-    pub fn token_tag(&self) -> Option<String> {
-        self.token_hash.map(|h| {
-            h.iter()
-                .take(6)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        })
     }
 }
 
@@ -190,6 +176,8 @@ pub struct Engine {
     svids: RefCell<SvidCache>,
     replay: ReplayStore,
     crypto: Crypto,
+    /// Remote providers' fetches and the requests waiting for their keys.
+    fetcher: RefCell<Fetcher>,
 }
 
 impl Engine {
@@ -211,6 +199,7 @@ impl Engine {
             .iter()
             .map(|p| p.keys.static_keys().map(|k| Rc::new(k.clone())))
             .collect();
+        let fetcher = RefCell::new(Fetcher::new(&config));
         Engine {
             key_sets: RefCell::new(key_sets),
             config,
@@ -219,6 +208,7 @@ impl Engine {
             svids,
             replay,
             crypto,
+            fetcher,
         }
     }
 
@@ -266,8 +256,201 @@ impl Engine {
         self.svids.borrow().len()
     }
 
-    /// Decides one request at `now` (Unix seconds).
+    /// Replaces the wait list with one of `capacity` requests (tests prove the cap holds).
+    pub fn with_wait_capacity(self, capacity: usize) -> Self {
+        let fetcher = RefCell::new(Fetcher::with_capacity(&self.config, capacity));
+        Engine { fetcher, ..self }
+    }
+
+    /// Creates the state every VM of the sidecar shares (the replay buckets, the nonce key,
+    /// each remote provider's fetch record), at configuration time, before traffic: shared data
+    /// cannot create keys with CAS. `nonce_key` is fresh randomness for the nonce key, used only
+    /// if no VM created one yet.
+    pub fn prepare(&self, shared: &dyn SharedData, nonce_key: Option<&[u8; 32]>) {
+        ReplayStore::prepare(shared);
+        if let Some(key) = nonce_key {
+            nonce::ensure_key(shared, key);
+        }
+        self.fetcher.borrow().prepare(shared);
+    }
+
+    /// Whether any provider fetches its keys (the adapter then runs a timer).
+    pub fn fetches_keys(&self) -> bool {
+        self.fetcher.borrow().has_work()
+    }
+
+    /// Requests held for keys in this VM.
+    pub fn waiting(&self) -> usize {
+        self.fetcher.borrow().waiting()
+    }
+
+    /// Decides one request at `now` (Unix seconds), finally: it never waits for keys.
     pub fn decide(&self, host: &dyn Host, now: u64) -> Decision {
+        self.attempt(host, Attempt::final_at(now))
+    }
+
+    /// Decides one request: allow, deny, or, when `attempt.hold_as` is set and keys may arrive,
+    /// [`Outcome::AwaitKeys`] with the request held. A denied decision always carries the peer
+    /// (for the log line), read here if the checks did not need it.
+    pub fn attempt(&self, host: &dyn Host, attempt: Attempt) -> Decision {
+        let mut decision = self.decide_once(host, attempt);
+        if decision.peer.is_none() && matches!(decision.outcome, Outcome::Deny(_)) {
+            decision.peer = Some(host.peer(PeerWant {
+                uri_san: true,
+                ..PeerWant::NOTHING
+            }));
+        }
+        decision
+    }
+
+    /// Installs the key sets other VMs already fetched (at configuration time, so a new VM
+    /// uses them at once) and wakes requests they settle.
+    pub fn sync(&self, shared: &dyn SharedData, now_ms: u64) -> Work {
+        let events = self.sync_keys(shared);
+        self.work(events, now_ms)
+    }
+
+    /// Syncs key sets, dispatches due fetches and wakes the held requests that can be decided
+    /// now. From the adapter's timer, in the root context.
+    pub fn tick(&self, host: &dyn FetchHost, now_ms: u64, rand: f64) -> Work {
+        let mut events = self.sync_keys(host);
+        events.extend(self.fetcher.borrow_mut().dispatch_due(host, now_ms, rand));
+        self.work(events, now_ms)
+    }
+
+    /// The body size to read of the response to fetch `token`, or `None` if `token` is not a
+    /// fetch in flight.
+    pub fn fetch_body_limit(&self, token: u32) -> Option<usize> {
+        self.fetcher.borrow().body_limit(token)
+    }
+
+    /// A fetch's response (in the root context, which dispatched it). `None` if `token` is not
+    /// a fetch in flight: the response is ignored.
+    pub fn fetch_response(
+        &self,
+        host: &dyn FetchHost,
+        token: u32,
+        response: FetchResponse<'_>,
+        now_ms: u64,
+        rand: f64,
+    ) -> Option<Work> {
+        let mut events = self
+            .fetcher
+            .borrow_mut()
+            .on_response(host, token, response, now_ms, rand)?;
+        events.extend(self.sync_keys(host));
+        Some(self.work(events, now_ms))
+    }
+
+    /// Forgets a request (its stream ended), whether it was held or not.
+    pub fn forget(&self, context_id: u32) {
+        self.fetcher.borrow_mut().forget(context_id);
+    }
+
+    fn work(&self, events: Vec<KeyEvent>, now_ms: u64) -> Work {
+        let mut fetcher = self.fetcher.borrow_mut();
+        let wake = fetcher.take_ready(now_ms);
+        let busy = fetcher.busy(|p| self.has_keys(p));
+        Work { events, wake, busy }
+    }
+
+    /// Installs key sets that any VM stored in shared data since this VM last looked.
+    fn sync_keys(&self, shared: &dyn SharedData) -> Vec<KeyEvent> {
+        let fresh = self.fetcher.borrow_mut().sync(shared);
+        fresh
+            .into_iter()
+            .map(|(provider, keys)| {
+                let count = keys.len();
+                let skipped = keys.skipped.clone();
+                let withdrawn = self.install_keys(provider, keys);
+                KeyEvent::Installed {
+                    provider,
+                    keys: count,
+                    withdrawn,
+                    skipped,
+                }
+            })
+            .collect()
+    }
+
+    /// The provider a verification failure is about, when it may only mean that the remote
+    /// provider's keys are not (yet) here: no keys at all, or an unknown `kid`.
+    fn missing_keys(&self, e: &VerifyError) -> Option<(usize, Missing)> {
+        let missing = match e.denial.reason {
+            Reason::JwksUnavailable => Missing::NoKeys,
+            Reason::UnknownKey => Missing::UnknownKid,
+            _ => return None,
+        };
+        let provider = e.provider?;
+        self.fetcher
+            .borrow()
+            .is_remote(provider)
+            .then_some((provider, missing))
+    }
+
+    fn verify(&self, token: &str, now: u64) -> Result<TokenFacts, VerifyError> {
+        let key_sets = self.key_sets.borrow();
+        jwt::verify(token, &self.config, &key_sets, &self.crypto, now)
+    }
+
+    /// Verifies a token not in the cache. When its remote provider's keys are missing, another
+    /// VM may already have stored newer ones (this VM syncs on its timer): they are installed
+    /// and the token verified once more. If keys are still missing and the attempt may wait,
+    /// the request is held: `Err(None)`.
+    fn verify_fresh(
+        &self,
+        host: &dyn Host,
+        token: &str,
+        attempt: Attempt,
+        decision: &mut Decision,
+    ) -> Result<TokenFacts, Option<VerifyError>> {
+        let now = attempt.now_ms / 1000;
+        let mut result = self.verify(token, now);
+        let Err(e) = &result else {
+            return result.map_err(Some);
+        };
+        if self.missing_keys(e).is_none() {
+            return result.map_err(Some);
+        }
+        let installed = self.sync_keys(host);
+        if !installed.is_empty() {
+            decision.key_events.extend(installed);
+            result = self.verify(token, now);
+        }
+        let Err(e) = &result else {
+            return result.map_err(Some);
+        };
+        let (Some((provider, missing)), Some(context_id)) = (self.missing_keys(e), attempt.hold_as)
+        else {
+            return result.map_err(Some);
+        };
+        let wait =
+            self.fetcher
+                .borrow_mut()
+                .wait(host, provider, missing, context_id, attempt.now_ms);
+        match wait {
+            Wait::Held { refetch } => {
+                if refetch {
+                    decision
+                        .key_events
+                        .push(KeyEvent::RefetchGranted { provider });
+                }
+                decision.outcome = Outcome::AwaitKeys { provider };
+                decision.provider = Some(provider);
+                Err(None)
+            }
+            Wait::Full => {
+                decision
+                    .key_events
+                    .push(KeyEvent::WaitListFull { provider });
+                result.map_err(Some)
+            }
+            Wait::Final => result.map_err(Some),
+        }
+    }
+
+    fn decide_once(&self, host: &dyn Host, attempt: Attempt) -> Decision {
+        let now = attempt.now_ms / 1000;
         let path = host.request_header(":path").unwrap_or_default();
         if !self.config.exempt_paths.is_empty() {
             let method = if self.config.exempt_paths.uses_methods() {
@@ -301,17 +484,15 @@ impl Engine {
             }
             None => {
                 decision.cache = CacheUse::Miss;
-                let verified = {
-                    let key_sets = self.key_sets.borrow();
-                    jwt::verify(credential.token, &self.config, &key_sets, &self.crypto, now)
-                };
-                match verified {
+                match self.verify_fresh(host, credential.token, attempt, &mut decision) {
                     Ok(facts) => {
                         let facts = Rc::new(facts);
                         self.cache.borrow_mut().insert(hash, Rc::clone(&facts), now);
                         facts
                     }
-                    Err(e) => {
+                    // Held for keys: the outcome is set.
+                    Err(None) => return decision,
+                    Err(Some(e)) => {
                         decision.outcome = Outcome::Deny(e.denial);
                         decision.provider = e.provider;
                         return decision;

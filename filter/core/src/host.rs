@@ -2,6 +2,7 @@
 //! The Wasm adapter implements it with proxy-wasm host calls; tests use [`MockHost`].
 
 use crate::peer::{Peer, PeerWant};
+use crate::remote::FetchRequest;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -36,6 +37,12 @@ pub trait Host: SharedData {
     /// with the scheme the client really used: Envoy derives `:scheme` for HTTP/1 from a
     /// client-supplied `x-forwarded-proto` unless `use_remote_address` is set.
     fn downstream_tls(&self) -> Option<bool>;
+}
+
+/// What remote key fetches need of the proxy: shared data and an HTTP GET through a cluster.
+pub trait FetchHost: SharedData {
+    /// Dispatches `request`; the call token its response will carry, or the host's status.
+    fn http_get(&self, request: &FetchRequest) -> Result<u32, u32>;
 }
 
 /// An in-memory [`SharedData`] with Envoy's CAS semantics, for tests and benchmarks.
@@ -97,6 +104,10 @@ pub struct MockHost {
     pub shared: MemorySharedData,
     peer_reads: Cell<u32>,
     tls: Option<bool>,
+    /// Fetches dispatched through [`FetchHost::http_get`], with their call tokens.
+    pub dispatched: RefCell<Vec<(u32, FetchRequest)>>,
+    /// When set, [`FetchHost::http_get`] refuses with this status.
+    pub refuse_http: Cell<Option<u32>>,
 }
 
 impl MockHost {
@@ -150,6 +161,20 @@ impl SharedData for MockHost {
     }
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
         self.shared.set(key, value, cas)
+    }
+}
+
+impl FetchHost for MockHost {
+    fn http_get(&self, request: &FetchRequest) -> Result<u32, u32> {
+        if let Some(status) = self.refuse_http.get() {
+            return Err(status);
+        }
+        let mut dispatched = self.dispatched.borrow_mut();
+        let token = u32::try_from(dispatched.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        dispatched.push((token, request.clone()));
+        Ok(token)
     }
 }
 

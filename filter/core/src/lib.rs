@@ -10,7 +10,10 @@
 //! - [`cache`]: the verified-token cache.
 //! - [`expiring`]: the bounded, expiring map under every per-VM verdict cache.
 //! - [`paths`]: which normalised path a request names, and which path entries it matches.
-//! - [`engine`]: one request, one [`engine::Decision`].
+//! - [`fetcher`] and [`waiting`]: remote keys in a VM (what to fetch and install) and the
+//!   requests held until they arrive; [`remote`] keeps one provider's schedule in shared data.
+//! - [`engine`]: one request attempt, one [`engine::Decision`] (allow, deny, or await keys).
+//! - [`effects`]: what a decision does (counters, filter state, log line, reply), as a value.
 //! - [`reason`], [`response`], [`metrics`]: one enum of denial reasons feeding replies,
 //!   counters and logs.
 
@@ -19,9 +22,11 @@ pub mod cache;
 pub mod config;
 pub mod crypto;
 pub mod dpop;
+pub mod effects;
 pub mod engine;
 pub mod expiring;
 pub mod extract;
+pub mod fetcher;
 pub mod host;
 pub mod json;
 pub mod jwk;
@@ -37,11 +42,13 @@ pub mod response;
 pub mod spiffe;
 pub mod svid;
 pub mod uri;
+pub mod waiting;
 pub mod xfcc;
 
 pub use config::{Config, ConfigError, Mode};
 pub use crypto::{Crypto, CryptoMode};
-pub use engine::{CacheUse, Decision, Engine, Outcome, Xfcc};
-pub use host::{Host, MockHost, SharedData, SharedError};
+pub use effects::Effects;
+pub use engine::{Attempt, CacheUse, Decision, Engine, Outcome, Work, Xfcc};
+pub use host::{FetchHost, Host, MockHost, SharedData, SharedError};
 pub use peer::Peer;
 pub use reason::{Denial, Reason};

@@ -18,11 +18,13 @@ pub enum Counter {
     XfccInvalid,
     /// A host signature check that could not answer and fell back to pure Rust.
     CryptoHostError,
+    /// A request that could not be held for keys because the VM's wait list was full.
+    JwksWaitListFull,
     Denied(Reason),
     WouldDeny(Reason),
 }
 
-const FIXED: usize = 11;
+const FIXED: usize = 12;
 const REASONS: usize = Reason::ALL.len();
 /// Number of counters.
 pub const COUNT: usize = FIXED + 2 * REASONS;
@@ -42,6 +44,7 @@ impl Counter {
             Counter::XfccUntrusted,
             Counter::XfccInvalid,
             Counter::CryptoHostError,
+            Counter::JwksWaitListFull,
         ]
         .into_iter()
         .chain(Reason::ALL.into_iter().map(Counter::Denied))
@@ -61,6 +64,7 @@ impl Counter {
             Counter::XfccUntrusted => 8,
             Counter::XfccInvalid => 9,
             Counter::CryptoHostError => 10,
+            Counter::JwksWaitListFull => 11,
             Counter::Denied(r) => FIXED + r.index(),
             Counter::WouldDeny(r) => FIXED + REASONS + r.index(),
         }
@@ -80,6 +84,7 @@ impl Counter {
             Counter::XfccUntrusted => "tokenbind.xfcc.untrusted".to_owned(),
             Counter::XfccInvalid => "tokenbind.xfcc.invalid".to_owned(),
             Counter::CryptoHostError => "tokenbind.crypto.host_error".to_owned(),
+            Counter::JwksWaitListFull => "tokenbind.jwks.wait_list_full".to_owned(),
             Counter::Denied(r) => format!("tokenbind.denied.{}", r.as_str()),
             Counter::WouldDeny(r) => format!("tokenbind.monitor.would_deny.{}", r.as_str()),
         }

@@ -106,10 +106,7 @@ pub fn on_context_create(id: u32, root_id: u32) {
     }
     match root(root_id) {
         Some(Some(shared)) => {
-            let http = Rc::new(Http {
-                context_id: id,
-                shared,
-            });
+            let http = Rc::new(Http::new(id, shared));
             let fresh = with_table(|t| {
                 if t.roots.contains_key(&id) || t.streams.contains_key(&id) {
                     false
@@ -163,7 +160,10 @@ pub fn on_configure(id: u32) -> bool {
 /// `proxy_on_tick`, for a root context.
 pub fn on_tick(id: u32) {
     match root(id) {
-        Some(Some(shared)) => shared.tick(id),
+        Some(Some(shared)) => {
+            let wake = shared.tick();
+            resume(id, &wake);
+        }
         // A root whose configuration was refused has no timer work; Envoy does not tick it.
         Some(None) => {}
         None => complain(&format!("timer tick for unknown root context {id}")),
@@ -174,17 +174,33 @@ pub fn on_tick(id: u32) {
 /// are for roots; a token the fetcher did not dispatch is ignored.
 pub fn on_http_call_response(id: u32, token: u32, body_size: usize) {
     match root(id) {
-        Some(Some(shared)) => {
-            if !shared.on_call_response(token, body_size, id) {
-                complain(&format!(
-                    "HTTP call response with unknown token {token} for root context {id}"
-                ));
-            }
-        }
+        Some(Some(shared)) => match shared.on_call_response(token, body_size) {
+            Some(wake) => resume(id, &wake),
+            None => complain(&format!(
+                "HTTP call response with unknown token {token} for root context {id}"
+            )),
+        },
         Some(None) | None => complain(&format!(
             "HTTP call response (token {token}) for context {id}, which dispatched no call"
         )),
     }
+}
+
+/// Makes each woken request's context effective and resumes it (its final attempt), then
+/// hands the host back to root context `root_id`. A request whose stream already ended is gone
+/// from the table and skipped.
+fn resume(root_id: u32, wake: &[u32]) {
+    if wake.is_empty() {
+        return;
+    }
+    for id in wake {
+        if let Some(http) = stream(*id) {
+            if crate::host::set_effective_context(*id) {
+                http.resume();
+            }
+        }
+    }
+    crate::host::set_effective_context(root_id);
 }
 
 /// `proxy_on_request_headers`. A request whose context the table does not know is answered 503

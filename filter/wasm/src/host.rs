@@ -6,7 +6,8 @@
 use crate::abi;
 use tokenbind_core::crypto::{self, HostCryptoError, HostRequest, SignatureHost};
 use tokenbind_core::peer::{self, PeerWant};
-use tokenbind_core::{Host, Peer, SharedData, SharedError};
+use tokenbind_core::remote::FetchRequest;
+use tokenbind_core::{FetchHost, Host, Peer, SharedData, SharedError};
 
 /// The proxy, as the decision engine sees it. Host calls are global in proxy-wasm, so this
 /// carries no state.
@@ -23,6 +24,25 @@ impl SharedData for Envoy {
             abi::CAS_MISMATCH => Err(SharedError::CasMismatch),
             _ => Err(SharedError::Other),
         }
+    }
+}
+
+impl FetchHost for Envoy {
+    /// A GET through an Envoy cluster. The engine dispatches fetches only from the root
+    /// context's timer, so responses come back to the root context.
+    fn http_get(&self, request: &FetchRequest) -> Result<u32, u32> {
+        abi::http_call(
+            &request.cluster,
+            &[
+                (":method", "GET"),
+                (":path", &request.path),
+                (":authority", &request.authority),
+                (":scheme", "https"),
+                ("accept", "application/json"),
+                ("user-agent", "tokenbind"),
+            ],
+            u32::try_from(request.timeout_ms).unwrap_or(u32::MAX),
+        )
     }
 }
 
@@ -117,23 +137,6 @@ pub fn send_reply(status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
 /// `%FILTER_STATE(wasm.<name>:PLAIN)%`).
 pub fn set_filter_state(name: &str, value: &str) {
     abi::set_property(name, value);
-}
-
-/// Dispatches a GET through an Envoy cluster; returns the call token or the host status.
-/// Called only from the root context's timer, so the response comes back to the root context.
-pub fn http_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, u32> {
-    abi::http_call(
-        cluster,
-        &[
-            (":method", "GET"),
-            (":path", path),
-            (":authority", authority),
-            (":scheme", "https"),
-            ("accept", "application/json"),
-            ("user-agent", "tokenbind"),
-        ],
-        u32::try_from(timeout_ms).unwrap_or(u32::MAX),
-    )
 }
 
 /// A header of the HTTP call response being delivered, as text (lossy).
