@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
 fn check(d: &tokenbind_core::Decision, host: &MockHost, config: &Config, now: u64) {
     use tokenbind_core::Host as _;
     match &d.outcome {
+        Outcome::AwaitKeys { .. } => panic!("a final decision (Engine::decide) waited for keys"),
         Outcome::Exempt => {
             assert!(config.is_exempt(
                 host.request_header(":method").as_deref(),

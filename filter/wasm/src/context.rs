@@ -300,6 +300,63 @@ mod tests {
         assert_eq!(complaints(), 0, "{:?}", log_lines());
     }
 
+    /// One provider with remote keys; the stand-in proxy has no shared data and answers every
+    /// HTTP call with token 7.
+    fn remote_config() -> String {
+        r#"{"crypto": "wasm", "providers": [{"name": "mesh", "issuer": "https://issuer.example",
+            "audiences": ["spiffe://example.org/server"],
+            "remote_jwks": {"cluster": "issuer", "uri": "https://issuer.example/jwks"}}],
+            "spiffe": null}"#
+            .to_owned()
+    }
+
+    /// A compact JWS for the remote provider (never verified: its keys never arrive).
+    const TOKEN: &str =
+        "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIn0.c2ln";
+
+    #[test]
+    fn a_request_held_for_keys_is_woken_by_the_fetch_and_answered_once() {
+        logger();
+        crate::test_host::set_request_header("authorization", &format!("Bearer {TOKEN}"));
+        proxy_on_context_create(1, 0);
+        set_configuration(&remote_config());
+        assert_eq!(proxy_on_configure(1, 0), 1, "{:?}", log_lines());
+        proxy_on_context_create(2, 1);
+        // No keys yet, and a fetch is due: held, not answered.
+        assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
+        assert!(replies().is_empty());
+        // The tick dispatches the fetch (token 7); its response has no status: a failed fetch,
+        // which wakes the held request for its final attempt.
+        proxy_on_tick(1);
+        proxy_on_http_call_response(1, 7, 0, 0, 0);
+        assert_eq!(replies(), vec![401]);
+        assert_eq!(warnings_containing("reason=jwks_unavailable"), 1);
+        // Woken once: a second response changes nothing.
+        proxy_on_http_call_response(1, 7, 0, 0, 0);
+        proxy_on_tick(1);
+        assert_eq!(replies(), vec![401]);
+        assert_eq!(proxy_on_done(2), 1);
+        proxy_on_delete(2);
+    }
+
+    #[test]
+    fn a_held_request_that_ends_first_is_forgotten() {
+        logger();
+        crate::test_host::set_request_header("authorization", &format!("Bearer {TOKEN}"));
+        proxy_on_context_create(1, 0);
+        set_configuration(&remote_config());
+        assert_eq!(proxy_on_configure(1, 0), 1, "{:?}", log_lines());
+        proxy_on_context_create(2, 1);
+        assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
+        proxy_on_tick(1);
+        // The client went away before the keys.
+        assert_eq!(proxy_on_done(2), 1);
+        proxy_on_delete(2);
+        proxy_on_http_call_response(1, 7, 0, 0, 0);
+        assert!(replies().is_empty());
+        assert!(!log_lines().iter().any(|(_, m)| m.contains("denied")));
+    }
+
     #[test]
     fn an_unknown_call_token_is_logged_and_ignored() {
         logger();

@@ -1,6 +1,7 @@
 //! A stand-in proxy for native unit tests: the `env.proxy_*` functions [`crate::abi`] imports,
 //! defined as plain symbols so the test binary links. Each test thread has its own state.
-//! Headers, properties, shared data and foreign functions are absent (`NOT_FOUND`); the
+//! Request headers are what [`set_request_header`] gave; other headers, properties, shared data
+//! and foreign functions are absent (`NOT_FOUND`); the
 //! configuration buffer is what [`set_configuration`] gave; log lines and local replies are
 //! recorded.
 #![allow(
@@ -20,6 +21,12 @@ thread_local! {
     static REPLIES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     static CONFIGURATION: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static NEXT_ID: Cell<u32> = const { Cell::new(1) };
+    static REQUEST_HEADERS: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sets a request header every request of this test thread carries.
+pub fn set_request_header(name: &str, value: &str) {
+    REQUEST_HEADERS.with(|h| h.borrow_mut().push((name.to_owned(), value.to_owned())));
 }
 
 pub fn set_configuration(json: &str) {
@@ -75,13 +82,29 @@ pub extern "C" fn proxy_get_buffer_bytes(
 
 #[no_mangle]
 pub extern "C" fn proxy_get_header_map_value(
-    _map_type: u32,
-    _key: *const u8,
-    _key_size: usize,
-    _data: *mut *mut u8,
-    _size: *mut usize,
+    map_type: u32,
+    key: *const u8,
+    key_size: usize,
+    data: *mut *mut u8,
+    size: *mut usize,
 ) -> u32 {
-    NOT_FOUND
+    if map_type != crate::abi::HTTP_REQUEST_HEADERS {
+        return NOT_FOUND;
+    }
+    let name = unsafe { text(key, key_size) };
+    let value = REQUEST_HEADERS.with(|h| {
+        h.borrow()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    });
+    match value {
+        Some(v) => {
+            unsafe { give(v.as_bytes(), data, size) };
+            OK
+        }
+        None => NOT_FOUND,
+    }
 }
 
 #[no_mangle]
