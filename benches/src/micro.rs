@@ -223,14 +223,27 @@ pub fn suite() -> Result<Vec<Box<dyn Op>>, String> {
         let engine = engine(&fx.jwks, 0)?;
         let facts = verified_facts(&engine, &token, now)?;
         let peer = client_peer();
+        // A bearer token without cnf.jkt: the DPoP state and the host are never touched.
+        let host = MockHost::new();
+        let proof_keys = RefCell::new(ProofKeyCache::new(0));
+        let replay = ReplayStore::new(1);
+        let crypto = tokenbind_core::Crypto::wasm();
         ops.push(simple("spiffe/binding_check", move || {
-            let r = binding::check(
-                black_box(&facts),
-                engine.config(),
-                black_box(&peer),
-                Scheme::Bearer,
-                &mut |_| Ok(()),
-            );
+            let r = binding::check(&binding::Inputs {
+                facts: black_box(&facts),
+                config: engine.config(),
+                peer: black_box(&peer),
+                scheme: Scheme::Bearer,
+                token: &token,
+                path: "/",
+                host: &host,
+                now,
+                dpop: binding::DpopState {
+                    proof_keys: &proof_keys,
+                    replay: &replay,
+                    crypto: &crypto,
+                },
+            });
             let _ = black_box(r);
         }));
     }

@@ -1,17 +1,35 @@
 //! DPoP proof verification at a resource server (RFC 9449 §4.3 and §7.1).
 //!
-//! Every check of §4.3 is here, in the RFC's order, each with its own reason. What this module
-//! does not do is replay detection: that needs shared data and lives in [`crate::replay`],
-//! run by the engine only after a proof has passed everything else, so that only proofs signed
-//! by the token's own key can ever occupy the replay store.
+//! Every check of §4.3 is here, each with its own reason, and the replay check of §11.1.
+//! [`check_request`] runs them for one request, in this order:
+//!
+//! - exactly one `DPoP` header (step 1);
+//! - with `require_nonce`, the shared nonce key must be readable, so that a `use_dpop_nonce`
+//!   challenge can carry a nonce (fail closed otherwise);
+//! - [`verify_signature`]: a well-formed JWS (step 2), `typ` (4), `alg` (5), a public-only
+//!   `jwk` (7), then the signature with that key (6);
+//! - [`verify`]'s claim checks: the required claims (step 3), `htm` (8), `htu` (9), `nonce`
+//!   (10; the refusal carries a fresh nonce), `iat` (11), `ath` and the key thumbprint against
+//!   `cnf.jkt` (12);
+//! - replay (§11.1, [`crate::replay`]).
+//!
+//! Not the RFC's order: the signature comes before any claim. A proof that is not signed by
+//! the key it names is refused as `dpop_invalid` before its claims are read, so a forger learns
+//! nothing from which claim check failed (the token's own claims are judged the same way).
+//! Step 7 precedes step 6 because the key must be known to be public-only before it is
+//! parsed, cached and used. Replay comes last, after everything else has passed, so that only
+//! proofs signed by the token's own key can ever occupy the replay store.
 
 use crate::config::DpopSettings;
 use crate::crypto::Crypto;
+use crate::host::Host;
 use crate::json;
 use crate::jwk::{self, Alg, PublicKey};
 use crate::jwt::{self, JwsError, Part};
 use crate::nonce;
 use crate::reason::{Denial, Reason};
+use crate::replay::{ReplayError, ReplayStore};
+use crate::uri;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::Value;
@@ -21,6 +39,38 @@ use subtle::ConstantTimeEq;
 
 /// Upper bound on a proof's `jti`, to keep replay bookkeeping small and predictable.
 const MAX_JTI_BYTES: usize = 256;
+
+/// One request to a protected resource with a DPoP-bound token, as [`check_request`] sees it.
+#[derive(Clone, Copy)]
+pub struct ResourceRequest<'a> {
+    /// Where the `DPoP` header, the method, the authority and the scheme are read, and the
+    /// nonce key and the replay store live.
+    pub host: &'a dyn Host,
+    /// `:path`, as the engine read it.
+    pub path: &'a str,
+    /// The access token exactly as presented (for `ath`).
+    pub access_token: &'a str,
+    /// The token's `cnf.jkt`.
+    pub jkt: &'a str,
+    pub now: u64,
+}
+
+/// Why a request's proof was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub denial: Denial,
+    /// For `dpop_nonce_required`: a fresh nonce the `use_dpop_nonce` challenge must carry.
+    pub nonce: Option<String>,
+}
+
+impl From<Denial> for Refusal {
+    fn from(denial: Denial) -> Self {
+        Refusal {
+            denial,
+            nonce: None,
+        }
+    }
+}
 
 /// The request-side inputs a proof is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +189,8 @@ json::duplicate_details!(
     ["/jti", "/htm", "/htu", "/iat", "/ath", "/nonce", "/exp", "/nbf"]
 );
 
-/// Checks a proof's form, `typ`, `alg`, `jwk` and signature.
+/// Checks a proof's form, `typ`, `alg`, `jwk` and signature (RFC 9449 §4.3 steps 2, 4, 5, 7
+/// and 6, in that order).
 pub fn verify_signature(
     proof: &str,
     settings: &DpopSettings,
@@ -196,8 +247,8 @@ pub fn verify_signature(
     })
 }
 
-/// Verifies one DPoP proof (the single `DPoP` header value) for `req`: every check of
-/// RFC 9449 §4.3 except replay, in the RFC's order.
+/// Verifies one DPoP proof (the single `DPoP` header value) for `req`: RFC 9449 §4.3 steps 2
+/// to 12, the signature ([`verify_signature`]) before the claims (see the module docs).
 pub fn verify(
     proof: &str,
     req: &ProofRequest<'_>,
@@ -279,7 +330,7 @@ pub fn verify(
             "ath is not the hash of the access token",
         ));
     }
-    // 12. The proof key is the key the token is bound to.
+    // 12, continued. The proof key is the key the token is bound to.
     if !ct_eq(&thumbprint, req.jkt) {
         return Err(Denial::new(
             Reason::DpopKeyMismatch,
@@ -295,4 +346,83 @@ pub fn verify(
         replay_id: id.finalize().into(),
         expires_at: iat.saturating_add(window).saturating_add(1),
     })
+}
+
+/// RFC 9449 §4.3 and §11.1 for one request: its single DPoP proof must be valid for this
+/// request, this token and its `cnf.jkt`, and never seen before. The order is the module's.
+pub fn check_request(
+    req: &ResourceRequest<'_>,
+    settings: &DpopSettings,
+    keys: &mut ProofKeyCache,
+    replay: &ReplayStore,
+    crypto: &Crypto,
+) -> Result<(), Refusal> {
+    let host = req.host;
+    // 1. Exactly one DPoP header.
+    let proofs = host.request_header_values("dpop");
+    let proof = match proofs.as_slice() {
+        [] => {
+            return Err(Denial::new(
+                Reason::DpopRequired,
+                "DPoP-bound token without a DPoP header",
+            )
+            .into())
+        }
+        [one] => one,
+        _ => return Err(invalid("more than one DPoP header").into()),
+    };
+    let method = host.request_header(":method").unwrap_or_default();
+    let request_uri = uri::client_request_uri(host, req.path, settings.trust_forwarded_proto);
+
+    let nonce_key = if settings.require_nonce {
+        match nonce::load_key(host) {
+            Some(key) => Some(key),
+            // Without the key no nonce can be issued: answering use_dpop_nonce would ask
+            // the client for something it cannot get. Its own reason, a 503.
+            None => {
+                return Err(Denial::new(
+                    Reason::DpopNonceUnavailable,
+                    "nonce key unavailable in shared data; failing closed",
+                )
+                .into())
+            }
+        }
+    } else {
+        None
+    };
+    let request = ProofRequest {
+        method: &method,
+        uri: request_uri.as_deref(),
+        access_token: req.access_token,
+        jkt: req.jkt,
+        now: req.now,
+        nonce_key: nonce_key.as_ref(),
+    };
+    let verified = verify(proof, &request, settings, keys, crypto).map_err(|denial| {
+        let nonce = match (denial.reason, &nonce_key) {
+            (Reason::DpopNonceRequired, Some(key)) => {
+                Some(nonce::issue(key, req.now, settings.nonce_lifetime_seconds))
+            }
+            _ => None,
+        };
+        Refusal { denial, nonce }
+    })?;
+    // §11.1: a proof is accepted once.
+    replay
+        .first_use(host, &verified.replay_id, verified.expires_at, req.now)
+        .map_err(|e| Refusal::from(replay_denial(e)))
+}
+
+const fn replay_denial(e: ReplayError) -> Denial {
+    match e {
+        ReplayError::Replayed => Denial::new(Reason::DpopReplayed, "jti already used"),
+        ReplayError::Full => Denial::new(
+            Reason::DpopReplayStoreFull,
+            "replay store bucket full of live proofs; raise dpop.replay_cache.max_entries",
+        ),
+        ReplayError::Unavailable => Denial::new(
+            Reason::DpopReplayStoreUnavailable,
+            "replay store could not be written (shared data contention or error); failing closed",
+        ),
+    }
 }

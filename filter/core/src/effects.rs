@@ -210,10 +210,7 @@ fn filter_state(decision: &Decision, mode: Mode) -> Vec<(&'static str, Cow<'_, s
             "tokenbind.sub",
             facts.and_then(|f| f.subject.as_deref()).map(Cow::Borrowed),
         ),
-        (
-            "tokenbind.binding",
-            Some(Cow::from(decision.bindings.kind())),
-        ),
+        ("tokenbind.binding", Some(decision.bindings.kind())),
         (
             "tokenbind.forwarded_by",
             decision.forwarded_by.as_deref().map(Cow::Borrowed),

@@ -13,7 +13,7 @@ use crate::binding::{self, Bindings};
 use crate::cache::{token_hash, TokenCache, TokenHash};
 use crate::config::Config;
 use crate::crypto::Crypto;
-use crate::dpop::{self, ProofKeyCache, ProofRequest};
+use crate::dpop::ProofKeyCache;
 use crate::extract::{self, Scheme};
 use crate::fetcher::{Fetcher, KeyEvent, Missing, Wait};
 use crate::host::{FetchHost, Host, SharedData};
@@ -23,9 +23,8 @@ use crate::nonce;
 use crate::peer::{Peer, PeerWant};
 use crate::reason::{Denial, Reason};
 use crate::remote::FetchResponse;
-use crate::replay::{ReplayError, ReplayStore};
+use crate::replay::ReplayStore;
 use crate::svid::{self, SvidCache, SvidError, Verdict};
-use crate::uri;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -506,21 +505,26 @@ impl Engine {
             self.check_svid(host, &mut peer, now);
         }
         let peer = self.effective_peer(host, peer, now, &mut decision);
-        let mut nonce_to_send = None;
-        let mut check_dpop = |jkt: &str| {
-            self.check_dpop(host, &path, credential.token, jkt, now, &mut nonce_to_send)
-        };
-        match binding::check(
-            &facts,
-            &self.config,
-            &peer,
-            credential.scheme,
-            &mut check_dpop,
-        ) {
+        let checked = binding::check(&binding::Inputs {
+            facts: &facts,
+            config: &self.config,
+            peer: &peer,
+            scheme: credential.scheme,
+            token: credential.token,
+            path: &path,
+            host,
+            now,
+            dpop: binding::DpopState {
+                proof_keys: &self.proof_keys,
+                replay: &self.replay,
+                crypto: &self.crypto,
+            },
+        });
+        match checked.result {
             Ok(bindings) => decision.bindings = bindings,
             Err(d) => decision.outcome = Outcome::Deny(d),
         }
-        decision.dpop_nonce = nonce_to_send;
+        decision.dpop_nonce = checked.dpop_nonce;
         decision.provider = Some(facts.provider);
         decision.peer = Some(peer);
         decision.facts = Some(facts);
@@ -626,106 +630,5 @@ impl Engine {
                 Peer::default()
             }
         }
-    }
-
-    /// RFC 9449 §7.1: the request's single DPoP proof must be valid for this request, this
-    /// token and its `cnf.jkt`, and never seen before.
-    fn check_dpop(
-        &self,
-        host: &dyn Host,
-        path: &str,
-        access_token: &str,
-        jkt: &str,
-        now: u64,
-        nonce_to_send: &mut Option<String>,
-    ) -> Result<(), Denial> {
-        let settings = &self.config.dpop;
-        let proofs = host.request_header_values("dpop");
-        let proof = match proofs.as_slice() {
-            [] => {
-                return Err(Denial::new(
-                    Reason::DpopRequired,
-                    "DPoP-bound token without a DPoP header",
-                ))
-            }
-            [one] => one,
-            _ => {
-                return Err(Denial::new(
-                    Reason::DpopInvalid,
-                    "more than one DPoP header",
-                ))
-            }
-        };
-        let method = host.request_header(":method").unwrap_or_default();
-        // The scheme the client used: from x-forwarded-proto only when trusted; otherwise from
-        // the connection itself (TLS or not), falling back to :scheme if the proxy cannot tell.
-        let forwarded = settings
-            .trust_forwarded_proto
-            .then(|| host.request_header("x-forwarded-proto"))
-            .flatten()
-            .map(|p| {
-                p.split(',')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        let scheme = match (forwarded, host.downstream_tls()) {
-            (Some(p), _) => p,
-            (None, Some(true)) => "https".to_owned(),
-            (None, Some(false)) => "http".to_owned(),
-            (None, None) => host.request_header(":scheme").unwrap_or_default(),
-        };
-        let authority = host.request_header(":authority").unwrap_or_default();
-        let request_uri = uri::normalize(&uri::request_uri(&scheme, &authority, path));
-
-        let nonce_key = if settings.require_nonce {
-            match nonce::load_key(host) {
-                Some(key) => Some(key),
-                // Without the key no nonce can be issued: answering use_dpop_nonce would ask
-                // the client for something it cannot get. Its own reason, a 503.
-                None => {
-                    return Err(Denial::new(
-                        Reason::DpopNonceUnavailable,
-                        "nonce key unavailable in shared data; failing closed",
-                    ))
-                }
-            }
-        } else {
-            None
-        };
-        let request = ProofRequest {
-            method: &method,
-            uri: request_uri.as_deref(),
-            access_token,
-            jkt,
-            now,
-            nonce_key: nonce_key.as_ref(),
-        };
-        let verified = dpop::verify(
-            proof,
-            &request,
-            settings,
-            &mut self.proof_keys.borrow_mut(),
-            &self.crypto,
-        )
-        .inspect_err(|d| {
-            if let (Reason::DpopNonceRequired, Some(key)) = (d.reason, &nonce_key) {
-                *nonce_to_send = Some(nonce::issue(key, now, settings.nonce_lifetime_seconds));
-            }
-        })?;
-        self.replay
-            .first_use(host, &verified.replay_id, verified.expires_at, now)
-            .map_err(|e| match e {
-                ReplayError::Replayed => Denial::new(Reason::DpopReplayed, "jti already used"),
-                ReplayError::Full => Denial::new(
-                    Reason::DpopReplayStoreFull,
-                    "replay store bucket full of live proofs; raise dpop.replay_cache.max_entries",
-                ),
-                ReplayError::Unavailable => Denial::new(
-                    Reason::DpopReplayStoreUnavailable,
-                    "replay store could not be written (shared data contention or error); failing closed",
-                ),
-            })
     }
 }

@@ -4,7 +4,10 @@
 //! rebuilt from the request as `<scheme>://<:authority><:path without query>`. Normalisation is
 //! RFC 3986 §6.2.2 (case, percent-encoding, dot segments) and §6.2.3 (default port, empty
 //! path), and query and fragment are dropped, as RFC 9449 requires.
+//!
+//! The scheme is the one the client used ([`client_scheme`]), which is not always `:scheme`.
 
+use crate::host::Host;
 use crate::peer::nibble;
 
 /// Normalises an absolute http(s) URI for `htu` comparison. Returns `None` for anything that
@@ -53,6 +56,42 @@ pub fn normalize(uri: &str) -> Option<String> {
 pub fn request_uri(scheme: &str, authority: &str, path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or("");
     format!("{scheme}://{authority}{path}")
+}
+
+/// The scheme the client used, for rebuilding its URI: the first `x-forwarded-proto` value
+/// (lower-cased) only when `trust_forwarded_proto`; otherwise the connection itself (TLS or
+/// not); `:scheme` only if the proxy cannot tell. Envoy derives `:scheme` for HTTP/1 from a
+/// client-supplied `x-forwarded-proto` unless `use_remote_address` is set, so it is the last
+/// resort. Reads only the headers the answer needs.
+pub fn client_scheme(host: &dyn Host, trust_forwarded_proto: bool) -> String {
+    let forwarded = trust_forwarded_proto
+        .then(|| host.request_header("x-forwarded-proto"))
+        .flatten()
+        .map(|p| {
+            p.split(',')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match (forwarded, host.downstream_tls()) {
+        (Some(p), _) => p,
+        (None, Some(true)) => "https".to_owned(),
+        (None, Some(false)) => "http".to_owned(),
+        (None, None) => host.request_header(":scheme").unwrap_or_default(),
+    }
+}
+
+/// The URI the client sent this request to ([`client_scheme`], `:authority`, `path` without
+/// query), normalised; `None` if it has no normal form.
+pub fn client_request_uri(
+    host: &dyn Host,
+    path: &str,
+    trust_forwarded_proto: bool,
+) -> Option<String> {
+    let scheme = client_scheme(host, trust_forwarded_proto);
+    let authority = host.request_header(":authority").unwrap_or_default();
+    normalize(&request_uri(&scheme, &authority, path))
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -177,6 +216,58 @@ mod tests {
         ] {
             assert_eq!(normalize(bad), None, "{bad}");
         }
+    }
+
+    use crate::host::MockHost;
+
+    #[test]
+    fn scheme_selection() {
+        // (trust_forwarded_proto, downstream TLS, x-forwarded-proto, :scheme) -> scheme
+        let cases = [
+            (false, None, None, "https", "https"),
+            (false, None, None, "HTTP", "HTTP"),
+            (false, Some(true), None, "http", "https"),
+            (false, Some(false), None, "https", "http"),
+            (false, Some(true), Some("http"), "http", "https"),
+            (false, None, Some("http"), "https", "https"),
+            (true, Some(false), Some("HTTPS"), "http", "https"),
+            (true, Some(true), Some("http, https"), "https", "http"),
+            (true, Some(false), Some(" https ,http"), "http", "https"),
+            (true, Some(false), None, "https", "http"),
+            (true, None, None, "http", "http"),
+        ];
+        for (trust, tls, forwarded, scheme, want) in cases {
+            let mut host = MockHost::new().with_header(":scheme", scheme);
+            if let Some(tls) = tls {
+                host = host.with_tls(tls);
+            }
+            if let Some(p) = forwarded {
+                host = host.with_header("x-forwarded-proto", p);
+            }
+            assert_eq!(
+                client_scheme(&host, trust),
+                want,
+                "{trust} {tls:?} {forwarded:?} {scheme}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_scheme_at_all_has_no_request_uri() {
+        let host = MockHost::new().without_header(":scheme");
+        assert_eq!(client_scheme(&host, false), "");
+        assert_eq!(client_request_uri(&host, "/a", false), None);
+    }
+
+    #[test]
+    fn client_request_uri_drops_the_query_and_normalises() {
+        let host = MockHost::new()
+            .with_tls(true)
+            .with_header(":authority", "Orders.Mesh.Local:443");
+        assert_eq!(
+            client_request_uri(&host, "/api/./orders?page=2", false).as_deref(),
+            Some("https://orders.mesh.local/api/orders")
+        );
     }
 
     #[test]
