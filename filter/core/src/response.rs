@@ -1,7 +1,7 @@
 //! The reply a denied request receives: a 401 with an RFC 6750 / RFC 9449 challenge, or a 503
 //! when the server itself is out of capacity.
 
-use crate::reason::Reason;
+use crate::reason::{Class, Reason};
 
 /// A local reply: status, headers, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,51 +21,74 @@ pub struct Challenge<'a> {
     pub dpop_algs: &'a str,
 }
 
-/// The RFC 6750 / RFC 9449 error code for a reason.
+/// The RFC 6750 / RFC 9449 error code for a reason (the body's `error` for a 401).
 pub fn error_code(reason: Reason) -> &'static str {
-    match reason {
-        Reason::DpopNonceRequired => "use_dpop_nonce",
-        r if r.is_dpop_proof_problem() => "invalid_dpop_proof",
-        _ => "invalid_token",
+    match reason.class() {
+        Class::NonceChallenge => "use_dpop_nonce",
+        Class::DpopProof => "invalid_dpop_proof",
+        Class::Missing | Class::Token | Class::Downgrade => "invalid_token",
+        Class::ServerSide => "temporarily_unavailable",
     }
 }
 
-/// The `WWW-Authenticate` challenge for a denial.
+/// The HTTP status of a denial in enforce mode.
+pub fn status(reason: Reason) -> u32 {
+    match reason.class() {
+        Class::ServerSide => 503,
+        Class::Missing
+        | Class::Token
+        | Class::Downgrade
+        | Class::DpopProof
+        | Class::NonceChallenge => 401,
+    }
+}
+
+/// The `WWW-Authenticate` challenge for a denial; `None` for a server-side reason (the
+/// credential was not judged).
 ///
 /// - No token: `Bearer realm=".."` and no error code (RFC 6750 §3.1).
 /// - A DPoP nonce is needed: `DPoP error="use_dpop_nonce", ..` (RFC 9449 §9).
 /// - A DPoP proof problem, a downgrade, or any failure of a request that used the DPoP scheme:
 ///   `DPoP algs="..", error=.., error_description=..` (RFC 9449 §7.1).
 /// - Anything else: `Bearer realm="..", error="invalid_token", error_description=..`.
-pub fn www_authenticate(reason: Reason, challenge: &Challenge<'_>) -> String {
+pub fn challenge(reason: Reason, challenge: &Challenge<'_>) -> Option<String> {
     let description = reason.description();
-    match reason {
-        Reason::MissingToken => format!("Bearer realm=\"{}\"", challenge.realm),
-        Reason::DpopNonceRequired => {
+    let dpop = || {
+        format!(
+            "DPoP algs=\"{}\", error=\"{}\", error_description=\"{description}\"",
+            challenge.dpop_algs,
+            error_code(reason)
+        )
+    };
+    Some(match reason.class() {
+        Class::Missing => format!("Bearer realm=\"{}\"", challenge.realm),
+        Class::NonceChallenge => {
             format!("DPoP error=\"use_dpop_nonce\", error_description=\"{description}\"")
         }
-        r if r.is_dpop_proof_problem() || r == Reason::DpopDowngrade || challenge.dpop_scheme => {
-            format!(
-                "DPoP algs=\"{}\", error=\"{}\", error_description=\"{description}\"",
-                challenge.dpop_algs,
-                error_code(r)
-            )
-        }
-        _ => format!(
+        Class::DpopProof | Class::Downgrade => dpop(),
+        Class::Token if challenge.dpop_scheme => dpop(),
+        Class::Token => format!(
             "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{description}\"",
             challenge.realm
         ),
-    }
+        Class::ServerSide => return None,
+    })
+}
+
+/// The `WWW-Authenticate` challenge for a 401 denial (see [`challenge`]); empty for a
+/// server-side reason, which has none.
+pub fn www_authenticate(reason: Reason, c: &Challenge<'_>) -> String {
+    challenge(reason, c).unwrap_or_default()
 }
 
 /// The full 401 reply. The body names the reason and never echoes request data. A fresh
 /// `DPoP-Nonce` rides along when the client must retry with one.
-pub fn unauthorized(reason: Reason, challenge: &Challenge<'_>, dpop_nonce: Option<&str>) -> Reply {
-    if reason.is_server_side() {
+pub fn unauthorized(reason: Reason, c: &Challenge<'_>, dpop_nonce: Option<&str>) -> Reply {
+    let Some(www_authenticate) = challenge(reason, c) else {
         return unavailable(reason);
-    }
+    };
     let mut headers = vec![
-        ("www-authenticate", www_authenticate(reason, challenge)),
+        ("www-authenticate", www_authenticate),
         ("content-type", "application/json".to_owned()),
         ("cache-control", "no-store".to_owned()),
     ];
@@ -73,7 +96,7 @@ pub fn unauthorized(reason: Reason, challenge: &Challenge<'_>, dpop_nonce: Optio
         headers.push(("dpop-nonce", nonce.to_owned()));
     }
     Reply {
-        status: 401,
+        status: status(reason),
         headers,
         body: format!(
             "{{\"error\":\"{}\",\"reason\":\"{}\"}}",
@@ -88,7 +111,7 @@ pub fn unauthorized(reason: Reason, challenge: &Challenge<'_>, dpop_nonce: Optio
 /// proof.
 fn unavailable(reason: Reason) -> Reply {
     Reply {
-        status: 503,
+        status: status(reason),
         headers: vec![
             ("content-type", "application/json".to_owned()),
             ("cache-control", "no-store".to_owned()),
