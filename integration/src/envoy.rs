@@ -1038,6 +1038,59 @@ pub fn parse_stat_text(stats: &str, name: &str) -> Option<String> {
     })
 }
 
+/// `envoy --mode validate -c bootstrap [--config-yaml overlay]`: (exit status success, the
+/// output). Validation also loads the Wasm module and runs its `on_configure`.
+pub fn validate(bootstrap: &Value, overlay: Option<&Value>) -> (bool, String) {
+    use std::io::Read as _;
+    let bin = crate::require_envoy();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bootstrap.json");
+    fs::write(&path, serde_json::to_vec_pretty(bootstrap).expect("JSON")).expect("write");
+    let mut cmd = Command::new(bin);
+    cmd.arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "-l", "info"]);
+    if let Some(o) = overlay {
+        // JSON is YAML.
+        cmd.arg("--config-yaml").arg(o.to_string());
+    }
+    let mut child = cmd
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning envoy --mode validate");
+    let mut err = child.stderr.take().expect("stderr");
+    let errors = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut text = String::new();
+    let _ = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for envoy") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("envoy --mode validate did not finish in 120 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    text.push_str(&errors.join().unwrap_or_default());
+    (status.success(), text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,11 @@ pub fn envoy_bin() -> PathBuf {
     }
 }
 
+/// The workspace version (`[workspace.package] version`), which is the image tag.
+pub fn workspace_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
 /// Path to the filter module: `$TOKENBIND_WASM`, else the release build in the
 /// workspace target directory.
 pub fn wasm_path() -> PathBuf {

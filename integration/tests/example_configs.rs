@@ -25,7 +25,6 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -38,7 +37,7 @@ use tokenbind_integration::envoy::Envoy;
 use tokenbind_integration::pki::{Leaf, Pki};
 use tokenbind_integration::tokens::{Alg, TokenIssuer};
 use tokenbind_integration::{
-    require_envoy, require_wasm, workspace_root, AUDIENCE, CLIENT_ID, ISSUER, TRUST_DOMAIN,
+    require_wasm, workspace_root, AUDIENCE, CLIENT_ID, ISSUER, TRUST_DOMAIN,
 };
 
 /// The standalone example (also the base for bootstrap fragments).
@@ -209,51 +208,10 @@ impl Files {
     }
 }
 
-/// `envoy --mode validate -c bootstrap [--config-yaml overlay]`: (success, output).
+/// `envoy --mode validate` succeeded and said OK: (that, the output).
 fn envoy_validate(bootstrap: &Value, overlay: Option<&Value>) -> (bool, String) {
-    let bin = require_envoy();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("bootstrap.json");
-    fs::write(&path, serde_json::to_vec_pretty(bootstrap).unwrap()).unwrap();
-    let mut cmd = Command::new(bin);
-    cmd.arg("--mode")
-        .arg("validate")
-        .arg("-c")
-        .arg(&path)
-        .args(["--disable-hot-restart", "-l", "info"]);
-    if let Some(o) = overlay {
-        // JSON is YAML.
-        cmd.arg("--config-yaml").arg(o.to_string());
-    }
-    let mut child = cmd
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning envoy --mode validate");
-    let mut err = child.stderr.take().unwrap();
-    let errors = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut text = String::new();
-    let _ = child.stdout.take().unwrap().read_to_string(&mut text);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for envoy") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("envoy --mode validate did not finish in 120 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    text.push_str(&errors.join().unwrap_or_default());
-    (status.success() && text.contains(" OK"), text)
+    let (ok, text) = tokenbind_integration::envoy::validate(bootstrap, overlay);
+    (ok && text.contains(" OK"), text)
 }
 
 #[test]

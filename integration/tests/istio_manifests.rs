@@ -28,7 +28,6 @@
 //! scripts/setup-tools.sh), the Envoy binary and the built filter; missing ones fail the tests.
 
 use std::fs;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -41,8 +40,7 @@ use tokenbind_integration::envoy::{Bootstrap, Envoy};
 use tokenbind_integration::pki::{Leaf, Pki};
 use tokenbind_integration::tokens::{Alg, TokenIssuer};
 use tokenbind_integration::{
-    require_envoy, require_wasm, workspace_root, AUDIENCE, CLIENT_ID, ISSUER, LISTENER,
-    UPSTREAM_BODY,
+    require_wasm, workspace_root, AUDIENCE, CLIENT_ID, ISSUER, LISTENER, UPSTREAM_BODY,
 };
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -110,27 +108,6 @@ fn kind_of(doc: &Value) -> String {
         doc["apiVersion"].as_str().unwrap_or_default(),
         doc["kind"].as_str().unwrap_or_default()
     )
-}
-
-/// The workspace version (`[workspace.package] version`), which is the image tag.
-fn workspace_version() -> String {
-    let text = fs::read_to_string(workspace_root().join("Cargo.toml")).expect("Cargo.toml");
-    let mut in_package = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_package = line == "[workspace.package]";
-        } else if in_package {
-            if let Some(v) = line.strip_prefix("version") {
-                return v
-                    .trim_start_matches([' ', '='])
-                    .trim()
-                    .trim_matches('"')
-                    .to_string();
-            }
-        }
-    }
-    panic!("no [workspace.package] version in Cargo.toml")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -437,7 +414,7 @@ fn wasmplugin_is_inbound_authn_fail_closed_pinned_and_monitor_first() {
         "imagePullPolicy is set"
     );
     let url = spec["url"].as_str().expect("url");
-    let tag = format!("/tokenbind:{}", workspace_version());
+    let tag = format!("/tokenbind:{}", tokenbind_integration::workspace_version());
     assert!(
         url.starts_with("oci://") && url.ends_with(&tag),
         "url {url:?} is oci://<registry>{tag} (the workspace version; scripts/oci.sh --pin sets it)"
@@ -709,51 +686,9 @@ fn bootstrap_with(pki: &Pki, filter: Value) -> Value {
     b
 }
 
-/// `envoy --mode validate` on `config`: (success, output).
-fn envoy_validate(config: &Value) -> (bool, String) {
-    let bin = require_envoy();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("bootstrap.json");
-    fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
-    let mut child = Command::new(bin)
-        .arg("--mode")
-        .arg("validate")
-        .arg("-c")
-        .arg(&path)
-        .args(["--disable-hot-restart", "-l", "info"])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning envoy --mode validate");
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let mut text = String::new();
-    let _ = out.read_to_string(&mut text);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("waiting for envoy") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("envoy --mode validate did not finish in 120 s");
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    text.push_str(&reader.join().unwrap_or_default());
-    (status.success(), text)
-}
-
 #[track_caller]
 fn assert_validates(config: &Value, what: &str, configured_mode: Option<&str>) {
-    let (ok, log) = envoy_validate(config);
+    let (ok, log) = tokenbind_integration::envoy::validate(config, None);
     assert!(ok, "{what}: envoy --mode validate failed:\n{log}");
     assert!(
         log.contains(" OK"),

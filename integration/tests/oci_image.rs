@@ -42,26 +42,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn workspace_version() -> String {
-    let text = fs::read_to_string(workspace_root().join("Cargo.toml")).expect("Cargo.toml");
-    let mut in_package = false;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('[') {
-            in_package = line == "[workspace.package]";
-        } else if in_package {
-            if let Some(v) = line.strip_prefix("version") {
-                return v
-                    .trim_start_matches([' ', '='])
-                    .trim()
-                    .trim_matches('"')
-                    .to_string();
-            }
-        }
-    }
-    panic!("no [workspace.package] version in Cargo.toml")
-}
-
 /// Runs `scripts/oci.sh` with `OCI_OUT=out` (None: the default, target/oci) and `args`;
 /// returns its stdout. Panics with its output if it fails.
 fn oci_sh(out: Option<&Path>, args: &[&str]) -> String {
@@ -156,7 +136,7 @@ fn check_layout(layout: &Path, wasm: &[u8]) -> String {
     assert_eq!(mdesc["mediaType"], MANIFEST_TYPE);
     assert_eq!(
         mdesc["annotations"]["org.opencontainers.image.ref.name"],
-        json!(workspace_version()),
+        json!(tokenbind_integration::workspace_version()),
         "tagged with the workspace version"
     );
     let manifest_bytes = blob(layout, mdesc, "manifest");
@@ -392,7 +372,7 @@ fn pin_writes_the_digest_and_tag_into_the_manifests() {
                         format!("{indent}sha256: {}", "0".repeat(64))
                     }
                     _ => l.replace(
-                        &format!("/tokenbind:{}", workspace_version()),
+                        &format!("/tokenbind:{}", tokenbind_integration::workspace_version()),
                         "/tokenbind:0.0.0-old",
                     ),
                 })
@@ -409,7 +389,7 @@ fn pin_writes_the_digest_and_tag_into_the_manifests() {
     oci_sh(Some(&out), &["--pin", manifests.to_str().unwrap()]);
     let digest = fs::read_to_string(out.join("tokenbind.sha256")).unwrap();
     let digest = digest.trim();
-    let tag = format!("/tokenbind:{}", workspace_version());
+    let tag = format!("/tokenbind:{}", tokenbind_integration::workspace_version());
     let mut with_module = 0;
     for (name, (original, stale)) in originals {
         let pinned = fs::read_to_string(manifests.join(&name)).unwrap();
