@@ -582,6 +582,25 @@ fn a_full_replay_store_is_its_own_reason_never_a_replay() {
 }
 
 #[test]
+fn a_replay_store_that_cannot_be_written_is_its_own_reason_a_503() {
+    let s = setup(ProofKey::es256("client"));
+    let engine = engine(&s.keys, json!({}));
+    let shared = sidecar_state();
+    // Other workers win every compare-and-swap: the proof cannot be recorded.
+    shared.conflicts_before_success(1_000);
+    let proof = s.key.proof(&s.token, json!({}), json!({}));
+    let d = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+    assert_eq!(reason(&d), Some(Reason::DpopReplayStoreUnavailable));
+    let reply = d.reply(engine.config()).unwrap();
+    assert_eq!(reply.status, 503);
+    assert!(reply.body.contains("dpop_replay_store_unavailable"));
+    // Fail closed, not a replay: once the store can be written, the same proof is accepted.
+    shared.conflicts_before_success(0);
+    let d = engine.decide(&request(&shared, "DPoP", &s.token, &[&proof]), now());
+    assert_eq!(d.outcome, Outcome::Allow);
+}
+
+#[test]
 fn the_default_replay_store_carries_a_flood_for_its_whole_window() {
     // 5,000 unique proofs per second for 61 s (the default window plus one second), each
     // recorded until iat + 60 s: every one must be accepted.

@@ -16,6 +16,15 @@ use tokenbind_core::response::{self, Challenge};
 use tokenbind_core::Reason;
 
 const README: &str = include_str!("../../../README.md");
+/// The core's decision tests: every reason must be asserted by name in one of them.
+const DECISION_TESTS: [&str; 6] = [
+    include_str!("decisions.rs"),
+    include_str!("dpop.rs"),
+    include_str!("svid.rs"),
+    include_str!("key_wait.rs"),
+    include_str!("claim_types.rs"),
+    include_str!("paths.rs"),
+];
 const STATS_TAGS: &str = include_str!("../../../envoy/observability/stats_tags.yaml");
 
 /// The `reason` names in the last column of the README's decision table.
@@ -51,6 +60,26 @@ fn every_reason_has_a_decision_table_row_and_every_row_is_a_reason() {
     assert!(
         unknown.is_empty(),
         "README decision-table rows that are not reasons: {unknown:?}"
+    );
+}
+
+#[test]
+fn every_reason_has_a_decision_test_case() {
+    let missing: Vec<Reason> = Reason::ALL
+        .into_iter()
+        .filter(|r| {
+            let name = format!("Reason::{r:?}");
+            !DECISION_TESTS.iter().any(|t| {
+                t.match_indices(&name).any(|(i, _)| {
+                    // The whole variant name, not a prefix of a longer one.
+                    !t[i + name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+                })
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "reasons no decision test asserts: {missing:?}"
     );
 }
 
