@@ -42,6 +42,16 @@ fn request(token: &str) -> MockHost {
         .with_peer(client_peer())
 }
 
+/// A remote provider with `remote` settings, a request with a fresh ES256 token from the
+/// client, and the clock (ms).
+fn start(remote: Value) -> (Keys, Engine, MockHost, u64) {
+    let keys = Keys::new();
+    let engine = remote_engine(&keys, remote);
+    let host = request(&token(&keys, Signer::ES256, json!({})));
+    engine.prepare(&host, None);
+    (keys, engine, host, now() * 1000)
+}
+
 fn held(at_ms: u64) -> Attempt {
     Attempt {
         now_ms: at_ms,
@@ -90,11 +100,7 @@ fn answer(engine: &Engine, host: &MockHost, jwks: &Value, at_ms: u64) -> tokenbi
 
 #[test]
 fn a_request_before_the_first_keys_waits_and_is_allowed_when_they_arrive() {
-    let keys = Keys::new();
-    let engine = remote_engine(&keys, json!({}));
-    let host = request(&token(&keys, Signer::ES256, json!({})));
-    engine.prepare(&host, None);
-    let t0 = now() * 1000;
+    let (keys, engine, host, t0) = start(json!({}));
 
     let d = engine.attempt(&host, held(t0));
     assert_eq!(d.outcome, Outcome::AwaitKeys { provider: 0 });
@@ -138,11 +144,7 @@ fn a_request_before_the_first_keys_waits_and_is_allowed_when_they_arrive() {
 
 #[test]
 fn a_held_request_is_decided_at_its_deadline() {
-    let keys = Keys::new();
-    let engine = remote_engine(&keys, json!({}));
-    let host = request(&token(&keys, Signer::ES256, json!({})));
-    engine.prepare(&host, None);
-    let t0 = now() * 1000;
+    let (_keys, engine, host, t0) = start(json!({}));
     assert!(matches!(
         engine.attempt(&host, held(t0)).outcome,
         Outcome::AwaitKeys { .. }
@@ -155,11 +157,7 @@ fn a_held_request_is_decided_at_its_deadline() {
 
 #[test]
 fn a_forgotten_request_is_never_woken() {
-    let keys = Keys::new();
-    let engine = remote_engine(&keys, json!({}));
-    let host = request(&token(&keys, Signer::ES256, json!({})));
-    engine.prepare(&host, None);
-    let t0 = now() * 1000;
+    let (keys, engine, host, t0) = start(json!({}));
     engine.attempt(&host, held(t0));
     engine.tick(&host, t0, 0.5);
     engine.forget(CONTEXT);
@@ -272,12 +270,8 @@ fn keys_another_vm_fetched_are_installed_on_the_spot_without_waiting() {
 
 #[test]
 fn during_an_outage_back_off_a_request_is_answered_at_once() {
-    let keys = Keys::new();
     // The timeout (500 ms) is shorter than the first back-off (1 s).
-    let engine = remote_engine(&keys, json!({"timeout_ms": 500}));
-    let host = request(&token(&keys, Signer::ES256, json!({})));
-    engine.prepare(&host, None);
-    let t0 = now() * 1000;
+    let (_keys, engine, host, t0) = start(json!({"timeout_ms": 500}));
     engine.tick(&host, t0, 0.5);
     let (token, _) = host.dispatched.borrow()[0].clone();
     let work = engine
@@ -306,11 +300,7 @@ fn during_an_outage_back_off_a_request_is_answered_at_once() {
 
 #[test]
 fn a_refused_dispatch_wakes_the_waiters_and_counts_as_a_failed_fetch() {
-    let keys = Keys::new();
-    let engine = remote_engine(&keys, json!({}));
-    let host = request(&token(&keys, Signer::ES256, json!({})));
-    engine.prepare(&host, None);
-    let t0 = now() * 1000;
+    let (_keys, engine, host, t0) = start(json!({}));
     engine.attempt(&host, held(t0));
     host.refuse_http.set(Some(3));
     let work = engine.tick(&host, t0 + 10, 0.5);
@@ -326,11 +316,8 @@ fn a_refused_dispatch_wakes_the_waiters_and_counts_as_a_failed_fetch() {
 
 #[test]
 fn the_wait_list_cap_holds_and_a_full_list_is_reported_as_itself() {
-    let keys = Keys::new();
-    let engine = remote_engine(&keys, json!({})).with_wait_capacity(2);
-    let host = request(&token(&keys, Signer::ES256, json!({})));
-    engine.prepare(&host, None);
-    let t0 = now() * 1000;
+    let (keys, engine, host, t0) = start(json!({}));
+    let engine = engine.with_wait_capacity(2);
     for id in 1..=2 {
         let d = engine.attempt(
             &host,

@@ -314,14 +314,19 @@ mod tests {
     const TOKEN: &str =
         "eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIn0.c2ln";
 
-    #[test]
-    fn a_request_held_for_keys_is_woken_by_the_fetch_and_answered_once() {
+    /// Root 1 configured with [`remote_config`], and request context 2 carrying [`TOKEN`].
+    fn remote_root_and_request() {
         logger();
         crate::test_host::set_request_header("authorization", &format!("Bearer {TOKEN}"));
         proxy_on_context_create(1, 0);
         set_configuration(&remote_config());
         assert_eq!(proxy_on_configure(1, 0), 1, "{:?}", log_lines());
         proxy_on_context_create(2, 1);
+    }
+
+    #[test]
+    fn a_request_held_for_keys_is_woken_by_the_fetch_and_answered_once() {
+        remote_root_and_request();
         // No keys yet, and a fetch is due: held, not answered.
         assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
         assert!(replies().is_empty());
@@ -341,12 +346,7 @@ mod tests {
 
     #[test]
     fn a_held_request_that_ends_first_is_forgotten() {
-        logger();
-        crate::test_host::set_request_header("authorization", &format!("Bearer {TOKEN}"));
-        proxy_on_context_create(1, 0);
-        set_configuration(&remote_config());
-        assert_eq!(proxy_on_configure(1, 0), 1, "{:?}", log_lines());
-        proxy_on_context_create(2, 1);
+        remote_root_and_request();
         assert_eq!(proxy_on_request_headers(2, 0, 1), Action::Pause as u32);
         proxy_on_tick(1);
         // The client went away before the keys.
