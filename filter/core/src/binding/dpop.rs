@@ -1,12 +1,12 @@
 //! DPoP binding (RFC 9449): a token with `cnf.jkt` must come with the `DPoP` scheme and a
 //! proof, signed by that key, for this request. The proof checks are [`crate::dpop`]'s.
 
-use super::{Failure, Inputs, Verdict};
+use super::{Inputs, Verdict};
 use crate::dpop::{self, Refusal, ResourceRequest};
 use crate::extract::Scheme;
 use crate::reason::{Denial, Reason};
 
-pub fn check(inputs: &Inputs<'_>) -> Result<Verdict, Failure> {
+pub fn check(inputs: &Inputs<'_>) -> Result<Verdict, Refusal> {
     let Some(jkt) = &inputs.facts.cnf.jkt else {
         return Ok(Verdict::NotApplicable);
     };
@@ -32,10 +32,6 @@ pub fn check(inputs: &Inputs<'_>) -> Result<Verdict, Failure> {
         &mut state.proof_keys.borrow_mut(),
         state.replay,
         state.crypto,
-    )
-    .map_err(|Refusal { denial, nonce }| Failure {
-        denial,
-        dpop_nonce: nonce,
-    })?;
+    )?;
     Ok(Verdict::Passed)
 }

@@ -15,7 +15,7 @@ pub mod x5t;
 
 use crate::config::Config;
 use crate::crypto::Crypto;
-use crate::dpop::ProofKeyCache;
+use crate::dpop::{ProofKeyCache, Refusal};
 use crate::extract::Scheme;
 use crate::host::Host;
 use crate::jwt::TokenFacts;
@@ -66,10 +66,10 @@ impl BindingKind {
     }
 
     /// Whether this binding applies to the request, and if so whether it holds.
-    pub fn check(self, inputs: &Inputs<'_>) -> Result<Verdict, Failure> {
+    pub fn check(self, inputs: &Inputs<'_>) -> Result<Verdict, Refusal> {
         match self {
-            BindingKind::X5tS256 => x5t::check(inputs).map_err(Failure::from),
-            BindingKind::Spiffe => spiffe::check(inputs).map_err(Failure::from),
+            BindingKind::X5tS256 => x5t::check(inputs).map_err(Refusal::from),
+            BindingKind::Spiffe => spiffe::check(inputs).map_err(Refusal::from),
             BindingKind::Dpop => dpop::check(inputs),
         }
     }
@@ -181,23 +181,6 @@ pub enum Verdict {
     Passed,
 }
 
-/// A failed binding: the denial, and what its challenge must carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub denial: Denial,
-    /// A fresh DPoP nonce for a `use_dpop_nonce` challenge (`dpop_nonce_required` only).
-    pub dpop_nonce: Option<String>,
-}
-
-impl From<Denial> for Failure {
-    fn from(denial: Denial) -> Self {
-        Failure {
-            denial,
-            dpop_nonce: None,
-        }
-    }
-}
-
 /// The result of [`check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
@@ -217,14 +200,14 @@ pub fn check(inputs: &Inputs<'_>) -> Checked {
             result: Ok(bindings),
             dpop_nonce: None,
         },
-        Err(failure) => Checked {
-            result: Err(failure.denial),
-            dpop_nonce: failure.dpop_nonce,
+        Err(refusal) => Checked {
+            result: Err(refusal.denial),
+            dpop_nonce: refusal.nonce,
         },
     }
 }
 
-fn passed(inputs: &Inputs<'_>) -> Result<Bindings, Failure> {
+fn passed(inputs: &Inputs<'_>) -> Result<Bindings, Refusal> {
     let mut passed = Bindings::default();
     for kind in BindingKind::ALL {
         match kind.check(inputs)? {
