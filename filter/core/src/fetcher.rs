@@ -351,19 +351,21 @@ impl Fetcher {
             return Wait::Final;
         };
         let deadline_ms = now_ms.saturating_add(s.remote.settings.timeout_ms);
-        let fetching = |s: &Source| {
-            s.in_flight.is_some()
-                || s.queued.is_some()
-                || s.remote.state(shared).lease_until_ms > now_ms
-        };
+        // The shared fetch record costs a shared-data copy and a JSON parse: read it once, and
+        // only when this VM has no fetch of its own queued or in flight.
+        let local = s.in_flight.is_some() || s.queued.is_some();
+        let state = (!local).then(|| s.remote.state(shared));
+        let fetching = local || state.as_ref().is_some_and(|st| st.lease_until_ms > now_ms);
         let mut refetch = false;
         let coming = match missing {
             Missing::NoKeys => {
-                fetching(s)
-                    || s.remote.state(shared).next_refresh.saturating_mul(1000) <= deadline_ms
+                fetching
+                    || state
+                        .as_ref()
+                        .is_some_and(|st| st.next_refresh.saturating_mul(1000) <= deadline_ms)
             }
             Missing::UnknownKid => {
-                if fetching(s) {
+                if fetching {
                     true
                 } else if let Some(request) = s.remote.take_kid_refetch(shared, now_ms) {
                     s.queued = Some(request);
