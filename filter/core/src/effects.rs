@@ -5,7 +5,7 @@
 //! This is the only module that formats a log line or a filter-state value. The adapter carries
 //! effects out in order and decides nothing; everything here is plain Rust, unit-tested.
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, ConfigError, Mode};
 use crate::crypto::{Crypto, CryptoMode};
 use crate::engine::{CacheUse, Decision, Outcome, Xfcc};
 use crate::extract::Scheme;
@@ -377,18 +377,9 @@ pub fn configured(config: &Config) -> Vec<LogLine> {
     lines
 }
 
-/// The line for a refused configuration. `why` is a [`crate::ConfigError`] (which already says
-/// "invalid configuration") or a plain message.
-pub fn config_refused(why: &dyn std::fmt::Display) -> LogLine {
-    let why = why.to_string();
-    if why.starts_with("invalid configuration") {
-        LogLine::new(Level::Error, format!("tokenbind: {why}"))
-    } else {
-        LogLine::new(
-            Level::Error,
-            format!("tokenbind: invalid configuration: {why}"),
-        )
-    }
+/// The line for a refused configuration.
+pub fn config_refused(error: &ConfigError) -> LogLine {
+    LogLine::new(Level::Error, format!("tokenbind: {error}"))
 }
 
 /// The line for a failed probe of Envoy's signature verification: an error when the

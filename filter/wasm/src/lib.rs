@@ -25,7 +25,7 @@ use tokenbind_core::crypto::{self, SignatureHost};
 use tokenbind_core::effects::{self, Effects, Level, LogLine, Next};
 use tokenbind_core::metrics::{self, Counter};
 use tokenbind_core::remote::FetchResponse;
-use tokenbind_core::{Attempt, Config, Crypto, CryptoMode, Engine, Work};
+use tokenbind_core::{Attempt, Config, ConfigError, Crypto, CryptoMode, Engine, Work};
 
 /// VM start-up, from `_initialize`.
 fn start() {
@@ -186,8 +186,11 @@ fn select_crypto(mode: CryptoMode, counters: &Counters) -> Option<Crypto> {
             emit(&effects::crypto_selected(&crypto, mode));
             Some(crypto)
         }
-        Err(e) => {
-            emit(&effects::config_refused(&e));
+        Err(message) => {
+            emit(&effects::config_refused(&ConfigError {
+                field: String::new(),
+                message,
+            }));
             None
         }
     }
@@ -203,9 +206,10 @@ fn read_file(path: &str) -> Result<String, String> {
 /// builds what its HTTP contexts share. `None` (after logging why) refuses the configuration.
 fn configure() -> Option<Rc<Shared>> {
     let Some(bytes) = host::plugin_configuration() else {
-        emit(&effects::config_refused(
-            &"the plugin configuration is empty",
-        ));
+        emit(&effects::config_refused(&ConfigError {
+            field: String::new(),
+            message: "the plugin configuration is empty".to_owned(),
+        }));
         return None;
     };
     let config = match Config::from_json(&bytes, &read_file) {
@@ -220,9 +224,10 @@ fn configure() -> Option<Rc<Shared>> {
     let nonce_key = match getrandom::fill(&mut fresh_key) {
         Ok(()) => Some(&fresh_key),
         Err(e) if config.dpop.require_nonce => {
-            emit(&effects::config_refused(&format!(
-                "dpop.require_nonce: no randomness for the nonce key ({e})"
-            )));
+            emit(&effects::config_refused(&ConfigError {
+                field: "dpop.require_nonce".to_owned(),
+                message: format!("no randomness for the nonce key ({e})"),
+            }));
             return None;
         }
         Err(e) => {
